@@ -1,0 +1,1 @@
+//! Stream-to-job client library (work in progress: see issue 3).

@@ -1,0 +1,1 @@
+//! The decoding daemon (work in progress: see issue 3).

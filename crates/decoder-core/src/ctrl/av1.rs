@@ -1,0 +1,12 @@
+//! Av1 stateless controls (placeholder: filled by the codec work).
+
+use super::{Codec, CodecDesc, ControlValues};
+
+/// The Av1 control family.
+pub static CODEC: CodecDesc = CodecDesc {
+    codec: Codec::Av1,
+    controls: &[],
+    reference_timestamps: reference_timestamps,
+};
+
+fn reference_timestamps(_ctrls: &ControlValues, _out: &mut Vec<u64>) {}

@@ -1,0 +1,12 @@
+//! H264 stateless controls (placeholder: filled by the codec work).
+
+use super::{Codec, CodecDesc, ControlValues};
+
+/// The H264 control family.
+pub static CODEC: CodecDesc = CodecDesc {
+    codec: Codec::H264,
+    controls: &[],
+    reference_timestamps: reference_timestamps,
+};
+
+fn reference_timestamps(_ctrls: &ControlValues, _out: &mut Vec<u64>) {}

@@ -1,0 +1,22 @@
+//! Sans-IO core of daedalus-v4l2.
+//!
+//! This crate holds every piece of state and every transition of a V4L2
+//! stateless decoder whose decoding happens in a separate daemon. It performs
+//! no system calls, spawns no threads and reads no clock: frontends (the CUSE
+//! server, the embedded runner, the kernel module's C mirror) feed it events
+//! and carry out what it asks for.
+//!
+//! * [`fmt`]: coded and decoded pixel formats, frame-size ranges.
+//! * [`ctrl`]: every stateless codec control of the Linux 6.12 uAPI, with
+//!   defaults and validation.
+//! * [`proto`]: the bridge wire format shared with the daemon and the kernel
+//!   module (`include/daedalus_v4l2_proto.h`).
+//! * [`state`]: the per-device / per-context request, in-flight and drain
+//!   state machine.
+
+#![forbid(unsafe_code)]
+
+pub mod ctrl;
+pub mod fmt;
+pub mod proto;
+pub mod state;
