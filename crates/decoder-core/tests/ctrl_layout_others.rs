@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use decoder_core::ctrl::vp8::{UapiConst, UapiStruct};
-use decoder_core::ctrl::{vp8, CodecDesc};
+use decoder_core::ctrl::{vp8, vp9, CodecDesc};
 
 struct Family {
     name: &'static str,
@@ -25,14 +25,20 @@ struct Family {
     desc: &'static CodecDesc,
 }
 
+macro_rules! families {
+    ($($m:ident),*) => {
+        vec![$(Family {
+            name: stringify!($m),
+            layouts: $m::LAYOUTS,
+            consts: $m::CONSTS,
+            controls: $m::CONTROL_C_NAMES,
+            desc: &$m::CODEC,
+        }),*]
+    };
+}
+
 fn families() -> Vec<Family> {
-    vec![Family {
-        name: "vp8",
-        layouts: vp8::LAYOUTS,
-        consts: vp8::CONSTS,
-        controls: vp8::CONTROL_C_NAMES,
-        desc: &vp8::CODEC,
-    }]
+    families!(vp8, vp9)
 }
 
 fn include_root() -> PathBuf {
