@@ -14,7 +14,10 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-const _: () = assert!(cfg!(target_endian = "little"), "the wire format is little-endian");
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "the wire format is little-endian"
+);
 
 /// `"DV4L"` read as a little-endian u32.
 pub const DV_MAGIC: u32 = u32::from_le_bytes(*b"DV4L");
@@ -704,7 +707,10 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, ProtoError> {
         }
         MsgKind::CtxOpen => {
             let m: CtxOpen = read(body)?;
-            check(crate::ctrl::Codec::from_wire(m.codec).is_some(), "ctx_open.codec")?;
+            check(
+                crate::ctrl::Codec::from_wire(m.codec).is_some(),
+                "ctx_open.codec",
+            )?;
             check(
                 m.num_planes >= 1 && m.num_planes <= DV_MAX_PLANES,
                 "ctx_open.num_planes",
@@ -772,7 +778,9 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, ProtoError> {
                 "decode.refs",
             )?;
             check(
-                m.refs[..m.num_refs as usize].iter().all(|r| r.reserved == 0),
+                m.refs[..m.num_refs as usize]
+                    .iter()
+                    .all(|r| r.reserved == 0),
                 "decode.refs.reserved",
             )?;
             let rest = &body[need..];
@@ -789,10 +797,7 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, ProtoError> {
             let m: JobResult = read(body)?;
             check(m.status <= DV_STATUS_ERROR, "result.status")?;
             check(m.flags & !DV_RESULT_ALL == 0, "result.flags")?;
-            check(
-                m.status == DV_STATUS_ERROR || m.error == 0,
-                "result.error",
-            )?;
+            check(m.status == DV_STATUS_ERROR || m.error == 0, "result.error")?;
             Message::Result(m)
         }
         MsgKind::CtxStatus => Message::CtxStatus(read(body)?),
@@ -810,7 +815,9 @@ fn decode_ctrls(mut buf: &[u8], num: u32) -> Result<Vec<WireCtrl<'_>>, ProtoErro
         check(buf.len() >= total, "ctrl.size")?;
         let payload = &buf[size_of::<CtrlHeader>()..size_of::<CtrlHeader>() + size];
         check(
-            buf[size_of::<CtrlHeader>() + size..total].iter().all(|b| *b == 0),
+            buf[size_of::<CtrlHeader>() + size..total]
+                .iter()
+                .all(|b| *b == 0),
             "ctrl.padding",
         )?;
         out.push(WireCtrl { id: h.id, payload });
@@ -843,11 +850,9 @@ mod tests {
             max_msg_size: 0x0010_0000,
             reserved: 0,
         });
-        let want = hex(
-            "44 56 34 4c 01 00 01 00 28 00 00 00 07 00 00 00
+        let want = hex("44 56 34 4c 01 00 01 00 28 00 00 00 07 00 00 00
              01 00 00 00 08 00 00 00 05 00 00 00 00 00 00 00
-             00 00 10 00 00 00 00 00",
-        );
+             00 00 10 00 00 00 00 00");
         assert_eq!(m.to_bytes(7), want);
         assert_eq!(decode(&want).unwrap(), m);
     }
@@ -862,11 +867,9 @@ mod tests {
             max_msg_size: 4096,
             reserved: 0,
         });
-        let want = hex(
-            "44 56 34 4c 02 00 01 00 28 00 00 00 00 00 00 00
+        let want = hex("44 56 34 4c 02 00 01 00 28 00 00 00 00 00 00 00
              01 00 02 00 02 00 00 00 02 00 00 00 00 00 00 00
-             00 10 00 00 00 00 00 00",
-        );
+             00 10 00 00 00 00 00 00");
         assert_eq!(m.to_bytes(0), want);
         assert_eq!(decode(&want).unwrap(), m);
     }
@@ -889,13 +892,11 @@ mod tests {
             reserved: 0,
             planes,
         });
-        let want = hex(
-            "44 56 34 4c 03 00 01 00 50 00 00 00 01 00 00 00
+        let want = hex("44 56 34 4c 03 00 01 00 50 00 00 00 01 00 00 00
              03 00 00 00 01 00 00 00 53 32 36 34 4e 56 31 32
              40 00 00 00 30 00 00 00 01 00 00 00 00 00 00 00
              40 00 00 00 00 12 00 00 00 00 00 00 00 00 00 00
-             00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
-        );
+             00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00");
         assert_eq!(m.to_bytes(1), want);
         assert_eq!(decode(&want).unwrap(), m);
     }
@@ -942,15 +943,13 @@ mod tests {
             reserved: 0,
             planes,
         });
-        let want = hex(
-            "44 56 34 4c 05 00 01 00 68 00 00 00 03 00 00 00
+        let want = hex("44 56 34 4c 05 00 01 00 68 00 00 00 03 00 00 00
              01 00 00 00 01 00 00 00 05 00 00 00 02 00 00 00
              01 00 00 00 00 00 00 00
              00 00 00 00 00 00 00 00 00 10 00 00 00 00 00 00
              01 00 00 00 10 00 00 00 00 08 00 00 00 00 00 00
              00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-             00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
-        );
+             00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00");
         assert_eq!(m.to_bytes(3), want);
         assert_eq!(decode(&want).unwrap(), m);
         let m = Message::BufUnregister(BufUnregister {
@@ -959,10 +958,8 @@ mod tests {
             index: 2,
             reserved: 0,
         });
-        let want = hex(
-            "44 56 34 4c 06 00 01 00 20 00 00 00 04 00 00 00
-             01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00",
-        );
+        let want = hex("44 56 34 4c 06 00 01 00 20 00 00 00 04 00 00 00
+             01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00");
         assert_eq!(m.to_bytes(4), want);
         assert_eq!(decode(&want).unwrap(), m);
     }
@@ -1006,17 +1003,13 @@ mod tests {
         let bytes = m.to_bytes(5);
         // header: len = 16 + 304 + (8+5+3) + (8+8) = 352
         let mut want = hex("44 56 34 4c 07 00 01 00 60 01 00 00 05 00 00 00");
-        want.extend(hex(
-            "01 00 00 00 01 00 00 00 2a 00 00 00 01 00 00 00
+        want.extend(hex("01 00 00 00 01 00 00 00 2a 00 00 00 01 00 00 00
              d0 07 00 00 00 00 00 00 00 00 00 00 64 00 00 00
              03 00 00 00 01 00 00 00 02 00 00 00 20 00 00 00
-             e8 03 00 00 00 00 00 00 02 00 00 00 00 00 00 00",
-        ));
+             e8 03 00 00 00 00 00 00 02 00 00 00 00 00 00 00"));
         want.extend(std::iter::repeat_n(0u8, 15 * 16));
-        want.extend(hex(
-            "02 09 a4 00 05 00 00 00 aa aa aa aa aa 00 00 00
-             00 09 a4 00 08 00 00 00 11 22 33 44 55 66 77 88",
-        ));
+        want.extend(hex("02 09 a4 00 05 00 00 00 aa aa aa aa aa 00 00 00
+             00 09 a4 00 08 00 00 00 11 22 33 44 55 66 77 88"));
         assert_eq!(bytes, want);
         match decode(&bytes).unwrap() {
             Message::Decode(j, c) => {
@@ -1037,10 +1030,8 @@ mod tests {
             reserved: 0,
             cookie: 0x1122_3344_5566_7788,
         });
-        let want = hex(
-            "44 56 34 4c 08 00 01 00 20 00 00 00 06 00 00 00
-             02 00 00 00 00 00 00 00 88 77 66 55 44 33 22 11",
-        );
+        let want = hex("44 56 34 4c 08 00 01 00 20 00 00 00 06 00 00 00
+             02 00 00 00 00 00 00 00 88 77 66 55 44 33 22 11");
         assert_eq!(m.to_bytes(6), want);
         assert_eq!(decode(&want).unwrap(), m);
         let m = Message::Result(JobResult {
@@ -1051,12 +1042,10 @@ mod tests {
             flags: DV_RESULT_KEYFRAME,
             bytesused: [6144, 0, 0, 0],
         });
-        let want = hex(
-            "44 56 34 4c 10 00 01 00 38 00 00 00 00 00 00 00
+        let want = hex("44 56 34 4c 10 00 01 00 38 00 00 00 00 00 00 00
              02 00 00 00 00 00 00 00 07 00 00 00 00 00 00 00
              00 00 00 00 01 00 00 00 00 18 00 00 00 00 00 00
-             00 00 00 00 00 00 00 00",
-        );
+             00 00 00 00 00 00 00 00");
         assert_eq!(m.to_bytes(0), want);
         assert_eq!(decode(&want).unwrap(), m);
     }
@@ -1081,7 +1070,10 @@ mod tests {
     fn rejects_bad_headers() {
         let good = valid_decode();
         assert!(decode(&good).is_ok());
-        assert!(matches!(decode(&good[..10]), Err(ProtoError::Truncated { .. })));
+        assert!(matches!(
+            decode(&good[..10]),
+            Err(ProtoError::Truncated { .. })
+        ));
         let mut b = good.clone();
         b[0] ^= 1;
         assert!(matches!(decode(&b), Err(ProtoError::BadMagic(_))));
@@ -1113,7 +1105,11 @@ mod tests {
         assert!(decode(&b).is_err());
         // num_ctrls above the limit
         let mut b = valid_decode();
-        patch_u32(&mut b, h + offset_of!(DecodeJob, num_ctrls), DV_MAX_CTRLS + 1);
+        patch_u32(
+            &mut b,
+            h + offset_of!(DecodeJob, num_ctrls),
+            DV_MAX_CTRLS + 1,
+        );
         assert_eq!(decode(&b), Err(ProtoError::BadField("decode.num_ctrls")));
         // ctrl_bytes disagreeing with the datagram
         let mut b = valid_decode();
