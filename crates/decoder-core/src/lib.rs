@@ -13,10 +13,14 @@
 //!   module (`include/daedalus_v4l2_proto.h`).
 //! * [`state`]: the per-device / per-context request, in-flight and drain
 //!   state machine.
+//! * [`sim`]: an in-memory test daemon and clock around a device.
+//! * [`scenario`]: the scenario file format shared by every frontend's tests.
 
 #![forbid(unsafe_code)]
 
 pub mod ctrl;
 pub mod fmt;
 pub mod proto;
+pub mod scenario;
+pub mod sim;
 pub mod state;
