@@ -861,6 +861,14 @@ impl Device {
         })
     }
 
+    /// True while the queue streams.
+    pub fn is_streaming(&self, ctx: CtxId, q: Queue) -> bool {
+        self.contexts.get(&ctx).is_some_and(|c| match q {
+            Queue::Output => c.out.streaming,
+            Queue::Capture => c.cap.streaming,
+        })
+    }
+
     /// Memory type of a queue.
     pub fn memory(&self, ctx: CtxId, q: Queue) -> Option<Memory> {
         self.contexts.get(&ctx).map(|c| match q {

@@ -398,6 +398,20 @@ impl Checker {
                 return Err(fail(format!("{op:?}: client-owned {k:?} is {:?} in the driver", info.state)));
             }
         }
+        // at most one job runs per context (decode order is sequential)
+        for &c in &self.ctxs {
+            let active = (0..self.sim.dev.buffer_count(c, Queue::Output))
+                .filter(|i| self.sim.dev.buffer(c, Queue::Output, *i).unwrap().state == BufState::Active)
+                .count();
+            if active > 1 {
+                return Err(fail(format!("{op:?}: {active} jobs running on {c:?}")));
+            }
+            // a job runs only while both queues stream
+            let dev = &self.sim.dev;
+            if active == 1 && !(dev.is_streaming(c, Queue::Output) && dev.is_streaming(c, Queue::Capture)) {
+                return Err(fail(format!("{op:?}: job running on {c:?} after STREAMOFF")));
+            }
+        }
         // 4. with no daemon, nothing is active and no ready job waits.
         let dev = &self.sim.dev;
         if dev.link() == Link::Detached {
