@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use decoder_core::ctrl::vp8::{UapiConst, UapiStruct};
-use decoder_core::ctrl::{hevc, vp8, vp9, CodecDesc};
+use decoder_core::ctrl::{av1, hevc, vp8, vp9, CodecDesc};
 
 struct Family {
     name: &'static str,
@@ -38,7 +38,7 @@ macro_rules! families {
 }
 
 fn families() -> Vec<Family> {
-    families!(vp8, vp9, hevc)
+    families!(vp8, vp9, hevc, av1)
 }
 
 fn include_root() -> PathBuf {
