@@ -26,7 +26,9 @@ fn c_header_matches_rust_layout() {
     c.push_str("int main(void) {\n");
     let mut want = Vec::new();
     for (name, size, fields) in all_layouts() {
-        c.push_str(&format!("printf(\"{name} %zu\\n\", sizeof(struct {name}));\n"));
+        c.push_str(&format!(
+            "printf(\"{name} %zu\\n\", sizeof(struct {name}));\n"
+        ));
         want.push(format!("{name} {size}"));
         for f in fields {
             c.push_str(&format!("F({name}, {});\n", f.name));

@@ -332,7 +332,9 @@ fn validate_as<T: CompoundControl>(buf: &mut [u8]) -> Result<(), CtrlError> {
 }
 
 /// A compound control payload with the kernel's layout.
-pub trait CompoundControl: FromBytes + IntoBytes + Immutable + KnownLayout + Copy + 'static {
+pub trait CompoundControl:
+    FromBytes + IntoBytes + Immutable + KnownLayout + Copy + 'static
+{
     /// `V4L2_CID_STATELESS_*`
     const ID: u32;
     /// Name as `v4l2_ctrl_get_name()` reports it.
