@@ -554,8 +554,9 @@ impl CompoundControl for V4l2CtrlHevcSliceParams {
     fn validate(&mut self) -> Result<(), CtrlError> {
         // Kernel: nothing. Everything below is stricter.
         const ID: u32 = V4L2_CID_STATELESS_HEVC_SLICE_PARAMS;
-        // Stricter: the slice data starts inside the slice (bit_size - 8 * offset cannot underflow).
-        if u64::from(self.data_byte_offset) * 8 > u64::from(self.bit_size) {
+        // Stricter: when bit_size is given, the slice data starts inside the slice
+        // (bit_size - 8 * data_byte_offset cannot underflow; with 0 a consumer uses the buffer size).
+        if self.bit_size != 0 && u64::from(self.data_byte_offset) * 8 > u64::from(self.bit_size) {
             return Err(CtrlError::range(ID, "data_byte_offset"));
         }
         // Stricter: a slice never has more entry points than the offsets array can hold.
@@ -1213,6 +1214,10 @@ mod tests {
                 "{field}"
             );
         }
+        // bit_size 0 (not given): the offset is not compared.
+        let mut s = slice();
+        s.bit_size = 0;
+        assert!(write(&s).is_ok());
         // Unused list entries are not checked: L1 of a P slice, entries past the count.
         let mut s = slice();
         s.slice_type = V4L2_HEVC_SLICE_TYPE_P;
