@@ -27,7 +27,7 @@
 #   VM_APPEND="..."      extra kernel command line; VM_HUNG_TASK_SECS=30
 #   VM_KLOG_IGNORE=RE    kernel log lines matching this ERE are not counted as problems
 #   VM_KEEP=1            keep the run directory (console log, dmesg) under .cache/vm/runs
-#   VM_QUIET=1           no summary line on stderr
+#   VM_QUIET=1           no summary line on stderr; VM_SUMMARY=FILE writes it (key=value) there
 set -euo pipefail
 # shellcheck source=vm/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -43,7 +43,9 @@ if [ $interactive = 0 ] && [ $# -eq 0 ]; then
     exit 2
 fi
 
+setup_start=$(date +%s.%N)
 ABI=$(bash "$VM_DIR/setup.sh")
+setup_secs=$(awk -v a="$setup_start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
 KROOT=$VM_CACHE/kernel/$ABI
 ROOTFS=$VM_CACHE/rootfs
 KERNEL=$KROOT/boot/vmlinuz-$ABI
@@ -92,6 +94,9 @@ esac
 
 # ---------------------------------------------------------------- run directory
 mkdir -p "$VM_CACHE/runs" "$VM_CACHE/logs"
+# kept (failed) runs: only the newest 10 stay
+# shellcheck disable=SC2012
+ls -1dt "$VM_CACHE"/runs/run.* 2>/dev/null | tail -n +11 | while read -r old; do rm -rf "$old"; done
 RUN=$(mktemp -d "$VM_CACHE/runs/run.XXXXXX")
 CTL=$RUN/ctl
 mkdir -p "$CTL"
@@ -243,5 +248,7 @@ if [ "$final" != "$status" ] || [ -s "$problems" ]; then
     VM_KEEP=1
     vm_log "run directory kept: $RUN"
 fi
-[ -n "${VM_QUIET:-}" ] || vm_log "accel=$ACCEL kernel=$ABI boot=${boot}s command=${cmdt}s wall=${wall}s status=${status:-none} -> exit $final"
+summary="accel=$ACCEL kernel=$ABI setup=${setup_secs}s boot=${boot}s command=${cmdt}s qemu=${wall}s status=${status:-none}"
+[ -n "${VM_QUIET:-}" ] || vm_log "$summary -> exit $final"
+[ -z "${VM_SUMMARY:-}" ] || echo "$summary exit=$final" >"$VM_SUMMARY"
 exit "$final"
