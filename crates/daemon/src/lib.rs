@@ -1,1 +1,3 @@
 //! The decoding daemon (work in progress: see issue 3).
+
+pub mod backend;

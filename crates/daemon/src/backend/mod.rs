@@ -1,0 +1,282 @@
+//! Decoding backends.
+//!
+//! A backend decodes the jobs of one decoding session (one V4L2 context of one
+//! coded format) in the order the client queued them. A job is what one
+//! OUTPUT buffer carries: the effective control values of its request, the
+//! bitstream bytes, and the timestamp that names the picture. The backend
+//! writes the decoded picture into the job's CAPTURE buffer
+//! ([`CaptureTarget`]) before [`Backend::decode`] returns; nothing is
+//! reordered or delayed: display order is the client's business, as with a
+//! hardware stateless decoder.
+//!
+//! Every backend (FFmpeg, dav1d, plugins) implements [`Backend`].
+
+use decoder_core::ctrl::{Codec, ControlValues};
+use decoder_core::fmt::{PIX_FMT_NV12, PIX_FMT_NV12M, PIX_FMT_P010};
+
+pub mod ffmpeg;
+
+/// Per-job flags, from the OUTPUT buffer and the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobFlags {
+    /// More jobs (slices) of the same picture follow and will write the same
+    /// CAPTURE buffer (`V4L2_BUF_FLAG_M2M_HOLD_CAPTURE_BUF` on this OUTPUT
+    /// buffer). The picture is complete only after the last of them.
+    pub more_slices: bool,
+    /// This job continues a picture whose earlier slices were held (the
+    /// previous job had `more_slices` and the same timestamp).
+    pub continues_picture: bool,
+}
+
+/// One decode job, as the backend sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobInput<'a> {
+    /// Coded format of the session.
+    pub codec: Codec,
+    /// Effective control values of the job (the context's current values
+    /// with the request's values applied), already validated.
+    pub controls: &'a ControlValues,
+    /// Bitstream bytes of the OUTPUT buffer (`bytesused` of them).
+    pub bitstream: &'a [u8],
+    /// OUTPUT buffer timestamp in ns; the CAPTURE buffer receives it and
+    /// later jobs name this picture by it.
+    pub timestamp: u64,
+    /// Flags of the job.
+    pub flags: JobFlags,
+    /// Timestamps of the reference pictures the controls name
+    /// (`CodecDesc::reference_timestamps`), each resolved by the frontend to
+    /// a CAPTURE buffer that holds a decoded picture.
+    pub references: &'a [u64],
+}
+
+/// Decoded pixel layouts a backend can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureFormat {
+    /// 8-bit 4:2:0, a Y plane then an interleaved CbCr plane.
+    Nv12,
+    /// 10-bit 4:2:0 in 16-bit little-endian samples holding the value in
+    /// their 10 most significant bits; Y plane then interleaved CbCr.
+    P010,
+}
+
+impl CaptureFormat {
+    /// The layout for a V4L2 fourcc (NV12 and NV12M are the same layout, in
+    /// one or two memory planes).
+    pub fn from_fourcc(fourcc: u32) -> Option<Self> {
+        match fourcc {
+            PIX_FMT_NV12 | PIX_FMT_NV12M => Some(Self::Nv12),
+            PIX_FMT_P010 => Some(Self::P010),
+            _ => None,
+        }
+    }
+
+    /// Bytes per sample.
+    pub fn sample_bytes(self) -> usize {
+        match self {
+            Self::Nv12 => 1,
+            Self::P010 => 2,
+        }
+    }
+}
+
+/// One writable image plane of a CAPTURE buffer.
+#[derive(Debug)]
+pub struct CapturePlane<'a> {
+    /// Plane memory, at least `stride * rows` bytes.
+    pub data: &'a mut [u8],
+    /// Bytes per row (`bytesperline`).
+    pub stride: usize,
+}
+
+/// The CAPTURE buffer a job writes, with its negotiated format.
+#[derive(Debug)]
+pub struct CaptureTarget<'a> {
+    /// Pixel layout.
+    pub format: CaptureFormat,
+    /// Negotiated width in pixels (the coded, macroblock-aligned width).
+    pub width: u32,
+    /// Negotiated height in pixels (the coded height).
+    pub height: u32,
+    /// Luma plane: `height` rows.
+    pub luma: CapturePlane<'a>,
+    /// Interleaved chroma plane: `height / 2` rows (rounded up).
+    pub chroma: CapturePlane<'a>,
+}
+
+impl<'a> CaptureTarget<'a> {
+    /// A target over one contiguous buffer (`V4L2_PIX_FMT_NV12` / `P010`):
+    /// the chroma plane starts right after `stride * height` luma bytes.
+    /// `None` when the buffer is too small or the stride too narrow.
+    pub fn contiguous(
+        format: CaptureFormat,
+        width: u32,
+        height: u32,
+        stride: usize,
+        buf: &'a mut [u8],
+    ) -> Option<Self> {
+        let h = height as usize;
+        if stride < width as usize * format.sample_bytes() {
+            return None;
+        }
+        let luma_len = stride.checked_mul(h)?;
+        let chroma_len = stride.checked_mul(h.div_ceil(2))?;
+        if buf.len() < luma_len.checked_add(chroma_len)? {
+            return None;
+        }
+        let (luma, chroma) = buf.split_at_mut(luma_len);
+        Some(Self {
+            format,
+            width,
+            height,
+            luma: CapturePlane { data: luma, stride },
+            chroma: CapturePlane {
+                data: &mut chroma[..chroma_len],
+                stride,
+            },
+        })
+    }
+
+    /// Checks that the planes can hold `width` x `height` pixels of the
+    /// format; backends call this before writing.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        let row = self.width as usize * self.format.sample_bytes();
+        let h = self.height as usize;
+        let ok = |p: &CapturePlane<'_>, rows: usize| {
+            p.stride >= row && (rows == 0 || p.data.len() >= (rows - 1) * p.stride + row)
+        };
+        if ok(&self.luma, h) && ok(&self.chroma, h.div_ceil(2)) {
+            Ok(())
+        } else {
+            Err(DecodeError::CaptureTooSmall)
+        }
+    }
+}
+
+/// What a successful [`Backend::decode`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeOutcome {
+    /// The whole picture is in the CAPTURE buffer: the frontend may return
+    /// it (unless a later job of the same picture still holds it).
+    Decoded,
+    /// The job was accepted as part of a picture whose remaining slices
+    /// follow (`JobFlags::more_slices`); the CAPTURE buffer is not written
+    /// yet and stays held.
+    Held,
+}
+
+/// Why a job failed. The job's CAPTURE buffer is returned with
+/// `V4L2_BUF_FLAG_ERROR`; the session stays usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The stream uses a feature this backend cannot decode (for example
+    /// H.264 slice groups, or 4:2:2 into NV12).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The controls contradict each other or the bitstream.
+    #[error("inconsistent controls: {0}")]
+    InvalidControls(String),
+    /// The decoder rejected the bitstream. The session drops its state and
+    /// resumes at the next key frame (IDR).
+    #[error("corrupt bitstream: {0}")]
+    Corrupt(String),
+    /// A reference the job names is not a picture this session decoded
+    /// (seek, dropped job, ...). The session was reset and resumes at the
+    /// next key frame rather than produce a wrongly predicted picture.
+    #[error("reference picture {0} was not decoded by this session")]
+    MissingReference(u64),
+    /// The session is waiting for a key frame after a reset or an error;
+    /// this non-key picture was skipped.
+    #[error("waiting for a key frame")]
+    WaitingForKeyframe,
+    /// The CAPTURE buffer's format, size or planes cannot hold the picture.
+    #[error("CAPTURE buffer does not fit the decoded picture")]
+    CaptureTooSmall,
+    /// The decoded picture's format or size differs from the negotiated
+    /// CAPTURE format.
+    #[error("decoded picture {0} does not match the CAPTURE format")]
+    FormatMismatch(String),
+    /// The backend itself failed (allocation, library error).
+    #[error("backend failure: {0}")]
+    Internal(String),
+}
+
+/// A decoding session of one codec.
+///
+/// Jobs arrive in queue order; [`Backend::decode`] runs them one at a time.
+pub trait Backend: Send {
+    /// Short backend name for logs ("ffmpeg", "dav1d", ...).
+    fn name(&self) -> &'static str;
+
+    /// The codec this session decodes.
+    fn codec(&self) -> Codec;
+
+    /// Decodes one job.
+    ///
+    /// Must produce, on `Ok(Decoded)`: exactly this job's picture (the one
+    /// its bitstream codes, not a reordered one) in `out`, every pixel of
+    /// `out.width` x `out.height` written in `out.format`. On `Ok(Held)`: the
+    /// job's data kept for the picture's next slices, `out` untouched. On
+    /// `Err`: `out` contents unspecified, the session consistent again (at
+    /// worst waiting for a key frame). Must check that every timestamp in
+    /// `job.references` names a picture this session decoded since its last
+    /// reset (else reset and return [`DecodeError::MissingReference`]). Must
+    /// never panic on any bitstream or control content.
+    fn decode(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+    ) -> Result<DecodeOutcome, DecodeError>;
+
+    /// Forgets every decoded picture and held slice (stream seek, STREAMOFF
+    /// on OUTPUT). The next picture must be a key frame.
+    fn reset(&mut self);
+}
+
+/// Opens a backend session for `codec` with the built-in backends.
+pub fn open(codec: Codec) -> Result<Box<dyn Backend>, DecodeError> {
+    match codec {
+        Codec::H264 => Ok(Box::new(ffmpeg::FfmpegH264::new()?)),
+        other => Err(DecodeError::Unsupported(format!(
+            "no built-in backend for {other:?} yet"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contiguous_target_splits_planes() {
+        let mut buf = vec![0u8; 64 * 48 * 3 / 2];
+        let t = CaptureTarget::contiguous(CaptureFormat::Nv12, 64, 48, 64, &mut buf).unwrap();
+        assert_eq!(t.luma.data.len(), 64 * 48);
+        assert_eq!(t.chroma.data.len(), 64 * 24);
+        assert!(t.check().is_ok());
+        let mut small = vec![0u8; 64 * 48];
+        assert!(CaptureTarget::contiguous(CaptureFormat::Nv12, 64, 48, 64, &mut small).is_none());
+        let mut p010 = vec![0u8; 128 * 48 * 3 / 2];
+        assert!(CaptureTarget::contiguous(CaptureFormat::P010, 64, 48, 64, &mut p010).is_none());
+        assert!(CaptureTarget::contiguous(CaptureFormat::P010, 64, 48, 128, &mut p010).is_some());
+    }
+
+    #[test]
+    fn check_refuses_short_planes() {
+        let mut y = vec![0u8; 16 * 16];
+        let mut c = vec![0u8; 16 * 7];
+        let t = CaptureTarget {
+            format: CaptureFormat::Nv12,
+            width: 16,
+            height: 16,
+            luma: CapturePlane {
+                data: &mut y,
+                stride: 16,
+            },
+            chroma: CapturePlane {
+                data: &mut c,
+                stride: 16,
+            },
+        };
+        assert_eq!(t.check(), Err(DecodeError::CaptureTooSmall));
+    }
+}
