@@ -405,6 +405,26 @@ impl V4l2CtrlH264Sps {
     }
 }
 
+/// `index` value of a reference list entry that names no picture ("no
+/// reference picture", when a slice's active list is longer than the DPB
+/// content). GStreamer's `v4l2codecs` uses it; validation accepts it.
+pub const V4L2_H264_REF_INDEX_NONE: u8 = 0xff;
+
+impl V4l2H264Reference {
+    /// The DPB entry this reference names, `None` for
+    /// [`V4L2_H264_REF_INDEX_NONE`] (or any other index past the DPB).
+    /// Consumers index the DPB through this, never with `index` directly.
+    pub fn dpb_index(&self) -> Option<usize> {
+        let i = usize::from(self.index);
+        (i < V4L2_H264_NUM_DPB_ENTRIES).then_some(i)
+    }
+
+    /// Accepted by validation: a DPB index or the "no reference" marker.
+    pub fn is_well_formed(&self) -> bool {
+        self.dpb_index().is_some() || self.index == V4L2_H264_REF_INDEX_NONE
+    }
+}
+
 impl V4l2CtrlH264DecodeParams {
     /// True for an IDR picture.
     pub fn is_idr(&self) -> bool {
@@ -670,20 +690,21 @@ impl CompoundControl for V4l2CtrlH264SliceParams {
         if self.slice_type > V4L2_H264_SLICE_TYPE_SI {
             return Err(CtrlError::range(id, "slice_type"));
         }
-        // Active list entries index the 16-entry DPB; entries past the
-        // active count are unused and left as given.
-        if self
+        // Active list entries index the 16-entry DPB (or are the
+        // "no reference picture" marker); entries past the active count are
+        // unused and left as given.
+        if !self
             .active_refs(0)
             .iter()
-            .any(|r| usize::from(r.index) >= V4L2_H264_NUM_DPB_ENTRIES)
+            .all(V4l2H264Reference::is_well_formed)
         {
             return Err(CtrlError::range(id, "ref_pic_list0"));
         }
         // Same for list 1.
-        if self
+        if !self
             .active_refs(1)
             .iter()
-            .any(|r| usize::from(r.index) >= V4L2_H264_NUM_DPB_ENTRIES)
+            .all(V4l2H264Reference::is_well_formed)
         {
             return Err(CtrlError::range(id, "ref_pic_list1"));
         }
@@ -1024,6 +1045,10 @@ mod tests {
         assert_eq!(got.num_ref_idx_l1_active_minus1, 0);
         assert_eq!(got.ref_pic_list0[2].index, 0xff);
 
+        sp.ref_pic_list0[1].index = V4L2_H264_REF_INDEX_NONE;
+        assert!(write(&sp).is_ok());
+        assert_eq!(sp.ref_pic_list0[1].dpb_index(), None);
+        assert_eq!(sp.ref_pic_list0[0].dpb_index(), Some(15));
         sp.ref_pic_list0[1].index = 16;
         assert_eq!(
             write(&sp),
@@ -1038,6 +1063,7 @@ mod tests {
         // B slice: list 1 checked.
         sp.slice_type = V4L2_H264_SLICE_TYPE_B;
         sp.ref_pic_list0[1].index = 1;
+        sp.ref_pic_list1[0].index = 0x20;
         assert_eq!(
             write(&sp),
             Err(CtrlError::range(
