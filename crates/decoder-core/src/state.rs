@@ -907,12 +907,12 @@ impl Device {
         let n = b.info.num_planes as usize;
         let mut used = [0u32; 4];
         if q == Queue::Output {
-            for p in 0..n {
-                let u = args.bytesused[p];
-                if u > b.info.length[p] {
+            let planes = args.bytesused.iter().zip(b.info.length.iter());
+            for ((u, len), out) in planes.zip(used.iter_mut()).take(n) {
+                if u > len {
                     return Err(BufError::Invalid("bytesused larger than the plane"));
                 }
-                used[p] = if u == 0 { b.info.length[p] } else { u };
+                *out = if *u == 0 { *len } else { *u };
             }
         }
         if let Some(r) = args.request {
@@ -1222,6 +1222,15 @@ impl Device {
             _ => return Err(RequestError::Invalid("more than one buffer")),
         }
         let index = req.bufs[0];
+        if let Some(c) = self.contexts.get(&ctx) {
+            let mut effective = c.ctrls.clone();
+            effective.merge(&req.ctrls);
+            if ctrl::check_request(c.codec, &effective).is_err() {
+                return Err(RequestError::Invalid(
+                    "controls inconsistent with each other",
+                ));
+            }
+        }
         let c = self
             .contexts
             .get_mut(&ctx)
@@ -1633,11 +1642,10 @@ impl Device {
             };
         // CAPTURE first: a request's completion must not be seen before its picture.
         if ok && hold {
-            for p in 0..cap.num_planes as usize {
-                cap.bytesused[p] = match bytesused[p] {
-                    0 => cap.length[p],
-                    u => u.min(cap.length[p]),
-                };
+            let n = cap.num_planes as usize;
+            let planes = cap.bytesused.iter_mut().zip(cap.length.iter());
+            for ((cur, len), rep) in planes.zip(bytesused.iter()).take(n) {
+                *cur = if *rep == 0 { *len } else { (*rep).min(*len) };
             }
             c.held = Some(cap_idx);
         } else {
@@ -1666,15 +1674,13 @@ impl Device {
         }
         let n = b.info.num_planes as usize;
         if q == Queue::Capture {
-            for p in 0..n {
-                b.info.bytesused[p] = if !ok {
-                    0
-                } else if bytesused[p] == u32::MAX {
-                    b.info.bytesused[p]
-                } else if bytesused[p] == 0 {
-                    b.info.length[p]
-                } else {
-                    bytesused[p].min(b.info.length[p])
+            let planes = b.info.bytesused.iter_mut().zip(b.info.length.iter());
+            for ((cur, len), rep) in planes.zip(bytesused.iter()).take(n) {
+                *cur = match (ok, *rep) {
+                    (false, _) => 0,
+                    (true, u32::MAX) => *cur,
+                    (true, 0) => *len,
+                    (true, r) => r.min(*len),
                 };
             }
             b.has_picture = ok;

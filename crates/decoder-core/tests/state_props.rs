@@ -162,7 +162,9 @@ impl Checker {
 
     fn take_back(&mut self, k: BufKey, how: &str) -> Result<(), TestCaseError> {
         if !self.driver_owned.remove(&k) {
-            return Err(fail(format!("{how} returned {k:?} which was not queued (second return?)")));
+            return Err(fail(format!(
+                "{how} returned {k:?} which was not queued (second return?)"
+            )));
         }
         self.client_owned.insert(k);
         self.returned += 1;
@@ -186,8 +188,12 @@ impl Checker {
                 if let Some(c) = self.pick(*c) {
                     self.sim.dev.close_context(c, now);
                     self.ctxs.retain(|x| *x != c);
-                    let mine: Vec<BufKey> =
-                        self.driver_owned.iter().filter(|k| k.0 == c).copied().collect();
+                    let mine: Vec<BufKey> = self
+                        .driver_owned
+                        .iter()
+                        .filter(|k| k.0 == c)
+                        .copied()
+                        .collect();
                     for k in mine {
                         self.take_back(k, "close")?;
                     }
@@ -198,7 +204,12 @@ impl Checker {
             Op::Reqbufs(c, qq, n) => {
                 if let Some(c) = self.pick(*c) {
                     client_ctx = Some(c);
-                    if self.sim.dev.reqbufs(c, q(*qq), Memory::Mmap, u32::from(*n)).is_ok() {
+                    if self
+                        .sim
+                        .dev
+                        .reqbufs(c, q(*qq), Memory::Mmap, u32::from(*n))
+                        .is_ok()
+                    {
                         let still: Vec<BufKey> = self
                             .driver_owned
                             .iter()
@@ -223,14 +234,29 @@ impl Checker {
                 if let Some(c) = self.pick(*c) {
                     client_ctx = Some(c);
                     returning = true;
-                    self.sim.dev.streamoff(c, q(*qq), now).map_err(|e| fail(format!("streamoff: {e}")))?;
+                    self.sim
+                        .dev
+                        .streamoff(c, q(*qq), now)
+                        .map_err(|e| fail(format!("streamoff: {e}")))?;
                 }
             }
             Op::QueueCapture(c, i) => {
                 if let Some(c) = self.pick(*c) {
                     client_ctx = Some(c);
                     let k = (c, Queue::Capture, u32::from(*i));
-                    if self.sim.dev.qbuf(c, Queue::Capture, u32::from(*i), Memory::Mmap, QbufArgs::default(), now).is_ok() {
+                    if self
+                        .sim
+                        .dev
+                        .qbuf(
+                            c,
+                            Queue::Capture,
+                            u32::from(*i),
+                            Memory::Mmap,
+                            QbufArgs::default(),
+                            now,
+                        )
+                        .is_ok()
+                    {
                         self.give(k)?;
                     }
                 }
@@ -260,21 +286,39 @@ impl Checker {
                 if let Some(c) = self.pick(*c) {
                     client_ctx = Some(c);
                     returning = true;
-                    let r = self.sim.dev.request_alloc().map_err(|e| fail(e.to_string()))?;
+                    let r = self
+                        .sim
+                        .dev
+                        .request_alloc()
+                        .map_err(|e| fail(e.to_string()))?;
                     let args = QbufArgs {
                         bytesused: [10, 0, 0, 0],
                         request: Some(r),
                         ..Default::default()
                     };
                     let k = (c, Queue::Output, u32::from(*i));
-                    if self.sim.dev.qbuf(c, Queue::Output, u32::from(*i), Memory::Mmap, args, now).is_ok() {
+                    if self
+                        .sim
+                        .dev
+                        .qbuf(c, Queue::Output, u32::from(*i), Memory::Mmap, args, now)
+                        .is_ok()
+                    {
                         self.give(k)?;
                     }
                     if *close {
-                        self.sim.dev.request_close(r).map_err(|e| fail(e.to_string()))?;
+                        self.sim
+                            .dev
+                            .request_close(r)
+                            .map_err(|e| fail(e.to_string()))?;
                     } else {
-                        self.sim.dev.request_reinit(r).map_err(|e| fail(e.to_string()))?;
-                        self.sim.dev.request_close(r).map_err(|e| fail(e.to_string()))?;
+                        self.sim
+                            .dev
+                            .request_reinit(r)
+                            .map_err(|e| fail(e.to_string()))?;
+                        self.sim
+                            .dev
+                            .request_close(r)
+                            .map_err(|e| fail(e.to_string()))?;
                     }
                 }
             }
@@ -315,7 +359,11 @@ impl Checker {
 
     fn decode(&mut self, c: CtxId, i: u32, ts: u64, hold: bool) -> Result<(), TestCaseError> {
         let now = self.sim.now;
-        let r: ReqId = self.sim.dev.request_alloc().map_err(|e| fail(e.to_string()))?;
+        let r: ReqId = self
+            .sim
+            .dev
+            .request_alloc()
+            .map_err(|e| fail(e.to_string()))?;
         let codec = self.sim.dev.codec(c).unwrap();
         let defaults = ControlValues::defaults(codec);
         let ctrls: Vec<(u32, &[u8])> = defaults.iter().collect();
@@ -326,19 +374,31 @@ impl Checker {
         let args = QbufArgs {
             bytesused: [100, 0, 0, 0],
             timestamp: ts,
-            flags: if hold { BUF_FLAG_M2M_HOLD_CAPTURE_BUF } else { 0 },
+            flags: if hold {
+                BUF_FLAG_M2M_HOLD_CAPTURE_BUF
+            } else {
+                0
+            },
             request: Some(r),
             memory_changed: false,
         };
         let k = (c, Queue::Output, i);
-        if self.sim.dev.qbuf(c, Queue::Output, i, Memory::Mmap, args, now).is_ok() {
+        if self
+            .sim
+            .dev
+            .qbuf(c, Queue::Output, i, Memory::Mmap, args, now)
+            .is_ok()
+        {
             self.give(k)?;
             self.sim
                 .dev
                 .request_queue(r, now)
                 .map_err(|e| fail(format!("request with one buffer refused: {e}")))?;
         }
-        self.sim.dev.request_close(r).map_err(|e| fail(e.to_string()))?;
+        self.sim
+            .dev
+            .request_close(r)
+            .map_err(|e| fail(e.to_string()))?;
         Ok(())
     }
 
@@ -358,7 +418,9 @@ impl Checker {
                     return Err(fail(format!("job {cookie} completed twice")));
                 }
                 if ok && !self.answered_ok.contains(&cookie) {
-                    return Err(fail(format!("job {cookie} completed DONE without a DONE result")));
+                    return Err(fail(format!(
+                        "job {cookie} completed DONE without a DONE result"
+                    )));
                 }
             }
         }
@@ -378,10 +440,14 @@ impl Checker {
             let now_others = self.snapshot(Some(c));
             let before_others: BTreeMap<BufKey, BufferInfo> =
                 before.iter().filter(|(k, _)| k.0 != c).cloned().collect();
-            let now_others: BTreeMap<BufKey, BufferInfo> =
-                now_others.into_iter().filter(|(k, _)| before_others.contains_key(k)).collect();
+            let now_others: BTreeMap<BufKey, BufferInfo> = now_others
+                .into_iter()
+                .filter(|(k, _)| before_others.contains_key(k))
+                .collect();
             if now_others != before_others {
-                return Err(fail(format!("{op:?} on {c:?} changed another context's buffers")));
+                return Err(fail(format!(
+                    "{op:?} on {c:?} changed another context's buffers"
+                )));
             }
         }
         // 1. buffers come back only through DQBUF or a returning operation.
@@ -392,24 +458,35 @@ impl Checker {
                 if returning && Some(k.0) == client_ctx {
                     self.take_back(*k, "a returning operation")?;
                 } else {
-                    return Err(fail(format!("{op:?}: {k:?} went back to the client without DQBUF")));
+                    return Err(fail(format!(
+                        "{op:?}: {k:?} went back to the client without DQBUF"
+                    )));
                 }
             } else if !dequeued && self.client_owned.contains(k) {
-                return Err(fail(format!("{op:?}: client-owned {k:?} is {:?} in the driver", info.state)));
+                return Err(fail(format!(
+                    "{op:?}: client-owned {k:?} is {:?} in the driver",
+                    info.state
+                )));
             }
         }
         // at most one job runs per context (decode order is sequential)
         for &c in &self.ctxs {
             let active = (0..self.sim.dev.buffer_count(c, Queue::Output))
-                .filter(|i| self.sim.dev.buffer(c, Queue::Output, *i).unwrap().state == BufState::Active)
+                .filter(|i| {
+                    self.sim.dev.buffer(c, Queue::Output, *i).unwrap().state == BufState::Active
+                })
                 .count();
             if active > 1 {
                 return Err(fail(format!("{op:?}: {active} jobs running on {c:?}")));
             }
             // a job runs only while both queues stream
             let dev = &self.sim.dev;
-            if active == 1 && !(dev.is_streaming(c, Queue::Output) && dev.is_streaming(c, Queue::Capture)) {
-                return Err(fail(format!("{op:?}: job running on {c:?} after STREAMOFF")));
+            if active == 1
+                && !(dev.is_streaming(c, Queue::Output) && dev.is_streaming(c, Queue::Capture))
+            {
+                return Err(fail(format!(
+                    "{op:?}: job running on {c:?} after STREAMOFF"
+                )));
             }
         }
         // 4. with no daemon, nothing is active and no ready job waits.
@@ -425,7 +502,10 @@ impl Checker {
                 let _ = p;
             }
             if dev.inflight_count() > 0 {
-                return Err(fail(format!("{op:?}: {} jobs in flight with no daemon", dev.inflight_count())));
+                return Err(fail(format!(
+                    "{op:?}: {} jobs in flight with no daemon",
+                    dev.inflight_count()
+                )));
             }
         }
         // every wait is bounded
@@ -441,26 +521,39 @@ impl Checker {
     /// Ends the case: every context closed, time passes; nothing may remain.
     fn finish(&mut self) -> Result<(), TestCaseError> {
         for c in self.ctxs.clone() {
-            self.apply(&Op::Close(self.ctxs.iter().position(|x| *x == c).unwrap() as u8))?;
+            self.apply(&Op::Close(
+                self.ctxs.iter().position(|x| *x == c).unwrap() as u8
+            ))?;
         }
         let t = self.sim.dev.config().job_timeout;
         self.sim.advance(2 * t + 1);
         self.collect_events()?;
         if self.sim.dev.inflight_count() != 0 {
-            return Err(fail(format!("{} jobs still in flight after close and deadlines", self.sim.dev.inflight_count())));
+            return Err(fail(format!(
+                "{} jobs still in flight after close and deadlines",
+                self.sim.dev.inflight_count()
+            )));
         }
         if !self.driver_owned.is_empty() {
-            return Err(fail(format!("buffers never returned: {:?}", self.driver_owned)));
+            return Err(fail(format!(
+                "buffers never returned: {:?}",
+                self.driver_owned
+            )));
         }
         let missing: Vec<&u64> = self.dispatched.difference(&self.job_done).collect();
         if !missing.is_empty() {
-            return Err(fail(format!("dispatched jobs never completed: {missing:?}")));
+            return Err(fail(format!(
+                "dispatched jobs never completed: {missing:?}"
+            )));
         }
         if let Some(v) = self.sim.daemon.violations.first() {
             return Err(fail(format!("protocol order: {v}")));
         }
         if self.sim.dev.request_count() != 0 {
-            return Err(fail(format!("{} requests leaked", self.sim.dev.request_count())));
+            return Err(fail(format!(
+                "{} requests leaked",
+                self.sim.dev.request_count()
+            )));
         }
         Ok(())
     }
@@ -470,7 +563,7 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut c = Checker::new();
     // Most cases start from two streaming contexts and a daemon, so that the
     // random part spends its steps on jobs rather than on setup.
-    if ops.len() % 4 != 0 {
+    if !ops.len().is_multiple_of(4) {
         let prelude = [
             Op::Open,
             Op::Open,

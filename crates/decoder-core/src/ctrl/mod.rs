@@ -448,6 +448,17 @@ impl ControlValues {
     }
 }
 
+/// Checks that need several controls of one request together (e.g. HEVC
+/// slice reference indexes against the decode parameters' DPB size). Run
+/// when a request is queued, on the values the job will be decoded with.
+pub fn check_request(codec: Codec, ctrls: &ControlValues) -> Result<(), CtrlError> {
+    match codec {
+        Codec::Hevc => hevc::check_request(ctrls),
+        Codec::Av1 => av1::check_request(ctrls),
+        Codec::H264 | Codec::Vp8 | Codec::Vp9 => Ok(()),
+    }
+}
+
 /// Validates a client's value for control `id` of `codec` and returns the
 /// normalised payload to store. `bytes` is what the client passed: the whole
 /// payload for compound controls, 4 little-endian bytes for integer and menu
@@ -468,14 +479,16 @@ pub fn validate_write(codec: Codec, id: u32, bytes: &[u8]) -> Result<Vec<u8>, Ct
         if v < d.min || v > d.max {
             return Err(CtrlError::range(id, "value"));
         }
-        if d.v4l2_type == ctrl_type::MENU && v >= 0 && v < 64 && d.menu_skip_mask & (1u64 << v) != 0
+        if d.v4l2_type == ctrl_type::MENU
+            && (0..64).contains(&v)
+            && d.menu_skip_mask & (1u64 << v) != 0
         {
             return Err(CtrlError::range(id, "value"));
         }
         return Ok(v.to_le_bytes()[..4].to_vec());
     }
     let n = if d.is_dynamic_array() {
-        if bytes.is_empty() || bytes.len() % elem != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(elem) {
             return Err(CtrlError::Size {
                 id,
                 got: bytes.len(),
