@@ -396,7 +396,10 @@ pub fn run_on_sim(s: &Scenario) -> Result<usize, String> {
             }
             Op::Streamoff(c, q) => {
                 let now = sim.now;
-                let r = sim.dev.streamoff(id(c)?, *q, now).map_err(|err| err.errno());
+                let r = sim
+                    .dev
+                    .streamoff(id(c)?, *q, now)
+                    .map_err(|err| err.errno());
                 sim.pump();
                 r
             }
@@ -404,7 +407,14 @@ pub fn run_on_sim(s: &Scenario) -> Result<usize, String> {
                 let now = sim.now;
                 let r = sim
                     .dev
-                    .qbuf(id(c)?, Queue::Capture, *i, Memory::Mmap, QbufArgs::default(), now)
+                    .qbuf(
+                        id(c)?,
+                        Queue::Capture,
+                        *i,
+                        Memory::Mmap,
+                        QbufArgs::default(),
+                        now,
+                    )
                     .map_err(|err| err.errno());
                 sim.pump();
                 r

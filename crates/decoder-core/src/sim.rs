@@ -217,7 +217,8 @@ impl Sim {
                 }
                 Message::Decode(job, _ctrls) => {
                     if !d.open.contains(&job.ctx_id) {
-                        d.violations.push(format!("job {} for unopened context", job.cookie));
+                        d.violations
+                            .push(format!("job {} for unopened context", job.cookie));
                     }
                     for (q, i) in [
                         (proto::DV_QUEUE_OUTPUT, job.output_index),
@@ -241,9 +242,10 @@ impl Sim {
                         }
                     }
                 }
-                other => d
-                    .violations
-                    .push(format!("device sent daemon-only message {:?}", other.kind())),
+                other => d.violations.push(format!(
+                    "device sent daemon-only message {:?}",
+                    other.kind()
+                )),
             }
         }
     }

@@ -14,7 +14,11 @@ fn all_scenarios_pass_on_the_core() {
         .filter(|p| p.extension().is_some_and(|x| x == "scn"))
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "scenario files missing in {}", dir.display());
+    assert!(
+        files.len() >= 5,
+        "scenario files missing in {}",
+        dir.display()
+    );
     let mut failures = Vec::new();
     let mut steps = 0;
     for f in &files {
@@ -29,7 +33,11 @@ fn all_scenarios_pass_on_the_core() {
             Err(e) => failures.push(e),
         }
     }
-    println!("{} scenarios, {steps} steps, {} failed", files.len(), failures.len());
+    println!(
+        "{} scenarios, {steps} steps, {} failed",
+        files.len(),
+        failures.len()
+    );
     assert!(failures.is_empty(), "failed:\n{}", failures.join("\n"));
 }
 

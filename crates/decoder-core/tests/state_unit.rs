@@ -65,7 +65,10 @@ fn open_has_defaults_and_close_forgets() {
     assert_eq!(s.dev.codec(c), Some(Codec::H264));
     let f = s.dev.format(c, Queue::Output).unwrap();
     assert_eq!(f.fourcc, fmt::PIX_FMT_H264_SLICE);
-    assert_eq!(s.dev.format(c, Queue::Capture).unwrap().fourcc, fmt::PIX_FMT_NV12);
+    assert_eq!(
+        s.dev.format(c, Queue::Capture).unwrap().fourcc,
+        fmt::PIX_FMT_NV12
+    );
     s.dev.close_context(c, 0);
     assert!(s.dev.format(c, Queue::Output).is_none());
     assert_eq!(
@@ -127,7 +130,10 @@ fn reqbufs_rules() {
     s.dev.reqbufs(c, Queue::Capture, Memory::Mmap, 2).unwrap();
     s.dev.streamon(c, Queue::Capture, 0).unwrap();
     assert_eq!(
-        s.dev.reqbufs(c, Queue::Capture, Memory::Mmap, 4).unwrap_err().errno(),
+        s.dev
+            .reqbufs(c, Queue::Capture, Memory::Mmap, 4)
+            .unwrap_err()
+            .errno(),
         e::EBUSY
     );
     s.dev.streamoff(c, Queue::Capture, 0).unwrap();
@@ -143,10 +149,19 @@ fn create_bufs_appends_and_checks_memory() {
     let mut s = sim();
     let c = s.dev.open_context().unwrap();
     s.dev.reqbufs(c, Queue::Capture, Memory::Mmap, 2).unwrap();
-    assert_eq!(s.dev.create_bufs(c, Queue::Capture, Memory::Mmap, 3), Ok((2, 3)));
+    assert_eq!(
+        s.dev.create_bufs(c, Queue::Capture, Memory::Mmap, 3),
+        Ok((2, 3))
+    );
     assert_eq!(s.dev.buffer_count(c, Queue::Capture), 5);
-    assert!(s.dev.create_bufs(c, Queue::Capture, Memory::Dmabuf, 1).is_err());
-    assert_eq!(s.dev.create_bufs(c, Queue::Capture, Memory::Mmap, 100), Ok((5, 27)));
+    assert!(s
+        .dev
+        .create_bufs(c, Queue::Capture, Memory::Dmabuf, 1)
+        .is_err());
+    assert_eq!(
+        s.dev.create_bufs(c, Queue::Capture, Memory::Mmap, 100),
+        Ok((5, 27))
+    );
     let b = s.dev.buffer(c, Queue::Capture, 0).unwrap();
     let f = s.dev.format(c, Queue::Capture).unwrap();
     assert_eq!(b.length[0], f.planes[0].sizeimage);
@@ -158,26 +173,53 @@ fn qbuf_rejections() {
     let c = streaming(&mut s, 2);
     let now = s.now;
     let q = |s: &mut Sim, qq, i, m, a| s.dev.qbuf(c, qq, i, m, a, now).map_err(|e| e.errno());
-    assert_eq!(q(&mut s, Queue::Capture, 9, Memory::Mmap, QbufArgs::default()), Err(e::EINVAL));
-    assert_eq!(q(&mut s, Queue::Capture, 0, Memory::Dmabuf, QbufArgs::default()), Err(e::EINVAL));
+    assert_eq!(
+        q(&mut s, Queue::Capture, 9, Memory::Mmap, QbufArgs::default()),
+        Err(e::EINVAL)
+    );
+    assert_eq!(
+        q(
+            &mut s,
+            Queue::Capture,
+            0,
+            Memory::Dmabuf,
+            QbufArgs::default()
+        ),
+        Err(e::EINVAL)
+    );
     // OUTPUT requires a request, CAPTURE refuses one
-    assert_eq!(q(&mut s, Queue::Output, 0, Memory::Mmap, QbufArgs::default()), Err(e::EBADR));
+    assert_eq!(
+        q(&mut s, Queue::Output, 0, Memory::Mmap, QbufArgs::default()),
+        Err(e::EBADR)
+    );
     let r = s.dev.request_alloc().unwrap();
     let with_req = QbufArgs {
         request: Some(r),
         ..Default::default()
     };
-    assert_eq!(q(&mut s, Queue::Capture, 0, Memory::Mmap, with_req), Err(e::EBADR));
+    assert_eq!(
+        q(&mut s, Queue::Capture, 0, Memory::Mmap, with_req),
+        Err(e::EBADR)
+    );
     // bytesused beyond the plane
     let big = QbufArgs {
         bytesused: [u32::MAX, 0, 0, 0],
         request: Some(r),
         ..Default::default()
     };
-    assert_eq!(q(&mut s, Queue::Output, 0, Memory::Mmap, big), Err(e::EINVAL));
+    assert_eq!(
+        q(&mut s, Queue::Output, 0, Memory::Mmap, big),
+        Err(e::EINVAL)
+    );
     // double queue
-    assert_eq!(q(&mut s, Queue::Capture, 1, Memory::Mmap, QbufArgs::default()), Ok(()));
-    assert_eq!(q(&mut s, Queue::Capture, 1, Memory::Mmap, QbufArgs::default()), Err(e::EINVAL));
+    assert_eq!(
+        q(&mut s, Queue::Capture, 1, Memory::Mmap, QbufArgs::default()),
+        Ok(())
+    );
+    assert_eq!(
+        q(&mut s, Queue::Capture, 1, Memory::Mmap, QbufArgs::default()),
+        Err(e::EINVAL)
+    );
     // a request of another context
     let c2 = streaming(&mut s, 1);
     assert_eq!(q(&mut s, Queue::Output, 0, Memory::Mmap, with_req), Ok(()));
@@ -200,16 +242,25 @@ fn dqbuf_not_streaming_and_would_block() {
     let mut s = sim();
     let c = s.dev.open_context().unwrap();
     s.dev.reqbufs(c, Queue::Capture, Memory::Mmap, 1).unwrap();
-    assert_eq!(s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(), e::EINVAL);
+    assert_eq!(
+        s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(),
+        e::EINVAL
+    );
     s.dev.streamon(c, Queue::Capture, 0).unwrap();
-    assert_eq!(s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(), e::EAGAIN);
+    assert_eq!(
+        s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(),
+        e::EAGAIN
+    );
 }
 
 #[test]
 fn streamon_needs_buffers() {
     let mut s = sim();
     let c = s.dev.open_context().unwrap();
-    assert_eq!(s.dev.streamon(c, Queue::Output, 0).unwrap_err().errno(), e::EINVAL);
+    assert_eq!(
+        s.dev.streamon(c, Queue::Output, 0).unwrap_err().errno(),
+        e::EINVAL
+    );
 }
 
 #[test]
@@ -223,7 +274,9 @@ fn request_validation() {
     let v = ControlValues::defaults(Codec::H264);
     let ctrls: Vec<(u32, &[u8])> = v.iter().take(1).collect();
     if !ctrls.is_empty() {
-        s.dev.set_controls(c, Which::Request(r), &ctrls, false).unwrap();
+        s.dev
+            .set_controls(c, Which::Request(r), &ctrls, false)
+            .unwrap();
         assert_eq!(s.dev.request_queue(r, now).unwrap_err().errno(), e::ENOENT);
     }
     // two buffers
@@ -233,13 +286,18 @@ fn request_validation() {
             request: Some(r),
             ..Default::default()
         };
-        s.dev.qbuf(c, Queue::Output, i, Memory::Mmap, a, now).unwrap();
+        s.dev
+            .qbuf(c, Queue::Output, i, Memory::Mmap, a, now)
+            .unwrap();
     }
     assert_eq!(s.dev.request_queue(r, now).unwrap_err().errno(), e::EINVAL);
     // reinit returns both buffers to the client
     s.dev.request_reinit(r).unwrap();
     for i in 0..2 {
-        assert_eq!(s.dev.buffer(c, Queue::Output, i).unwrap().state, BufState::Dequeued);
+        assert_eq!(
+            s.dev.buffer(c, Queue::Output, i).unwrap().state,
+            BufState::Dequeued
+        );
     }
     assert_eq!(s.dev.request_state(r), Some(ReqState::Idle));
     s.dev.request_close(r).unwrap();
@@ -261,7 +319,10 @@ fn queued_request_is_busy_then_completes_and_reinits() {
     let v = ControlValues::defaults(Codec::H264);
     let ctrls: Vec<(u32, &[u8])> = v.iter().take(1).collect();
     if !ctrls.is_empty() {
-        let err = s.dev.set_controls(c, Which::Request(r), &ctrls, false).unwrap_err();
+        let err = s
+            .dev
+            .set_controls(c, Which::Request(r), &ctrls, false)
+            .unwrap_err();
         assert_eq!(err.errno(), e::EBUSY);
     }
     s.daemon.mode = DaemonMode::Running;
@@ -313,8 +374,12 @@ fn controls_all_or_nothing_and_unknown_ids() {
     }
     // TRY stores nothing, SET stores
     assert_eq!(s.dev.get_control(c, Which::Current, id).unwrap(), good);
-    s.dev.set_controls(c, Which::Current, &[(id, good)], true).unwrap();
-    s.dev.set_controls(c, Which::Current, &[(id, good)], false).unwrap();
+    s.dev
+        .set_controls(c, Which::Current, &[(id, good)], true)
+        .unwrap();
+    s.dev
+        .set_controls(c, Which::Current, &[(id, good)], false)
+        .unwrap();
     assert!(s.dev.get_control(c, Which::Current, 0x1234).is_err());
 }
 
@@ -331,14 +396,18 @@ fn request_controls_apply_at_dispatch_and_reach_the_daemon() {
     };
     let now = s.now;
     let r = s.dev.request_alloc().unwrap();
-    s.dev.set_controls(c, Which::Request(r), &[(id, v)], false).unwrap();
+    s.dev
+        .set_controls(c, Which::Request(r), &[(id, v)], false)
+        .unwrap();
     let a = QbufArgs {
         bytesused: [5, 0, 0, 0],
         timestamp: 42,
         request: Some(r),
         ..Default::default()
     };
-    s.dev.qbuf(c, Queue::Output, 0, Memory::Mmap, a, now).unwrap();
+    s.dev
+        .qbuf(c, Queue::Output, 0, Memory::Mmap, a, now)
+        .unwrap();
     s.dev.request_queue(r, now).unwrap();
     let msgs = sent(&mut s);
     let job = msgs
@@ -351,7 +420,13 @@ fn request_controls_apply_at_dispatch_and_reach_the_daemon() {
     assert_eq!(job.0.timestamp, 42);
     assert_eq!(job.0.bytesused, 5);
     assert!(job.1.contains(&id));
-    assert_eq!(s.dev.get_control(c, Which::Request(r), id).unwrap_err().errno(), e::EBUSY);
+    assert_eq!(
+        s.dev
+            .get_control(c, Which::Request(r), id)
+            .unwrap_err()
+            .errno(),
+        e::EBUSY
+    );
 }
 
 #[test]
@@ -364,18 +439,25 @@ fn registration_precedes_the_job_and_is_redone_when_memory_changes() {
         v.iter().map(|b| proto::decode(b).unwrap().kind()).collect()
     };
     let now = s.now;
-    s.dev.qbuf(c, Queue::Capture, 0, Memory::Mmap, QbufArgs::default(), now).unwrap();
+    s.dev
+        .qbuf(c, Queue::Capture, 0, Memory::Mmap, QbufArgs::default(), now)
+        .unwrap();
     let r = s.dev.request_alloc().unwrap();
     let a = QbufArgs {
         bytesused: [5, 0, 0, 0],
         request: Some(r),
         ..Default::default()
     };
-    s.dev.qbuf(c, Queue::Output, 0, Memory::Mmap, a, now).unwrap();
+    s.dev
+        .qbuf(c, Queue::Output, 0, Memory::Mmap, a, now)
+        .unwrap();
     s.dev.request_queue(r, now).unwrap();
     let first = sent(&mut s);
     use proto::MsgKind::*;
-    assert_eq!(kinds(&first), vec![CtxOpen, BufRegister, BufRegister, Decode]);
+    assert_eq!(
+        kinds(&first),
+        vec![CtxOpen, BufRegister, BufRegister, Decode]
+    );
     // answer, requeue the same buffers: nothing is registered again
     let cookie = match proto::decode(&first[3]).unwrap() {
         Message::Decode(j, _) => j.cookie,
@@ -386,21 +468,27 @@ fn registration_precedes_the_job_and_is_redone_when_memory_changes() {
         cookie,
         ..Default::default()
     };
-    s.dev.daemon_receive(&Message::Result(res).to_bytes(0), now).unwrap();
+    s.dev
+        .daemon_receive(&Message::Result(res).to_bytes(0), now)
+        .unwrap();
     s.dev.dqbuf(c, Queue::Capture).unwrap();
     s.dev.dqbuf(c, Queue::Output).unwrap();
     let changed = QbufArgs {
         memory_changed: true,
         ..Default::default()
     };
-    s.dev.qbuf(c, Queue::Capture, 0, Memory::Mmap, changed, now).unwrap();
+    s.dev
+        .qbuf(c, Queue::Capture, 0, Memory::Mmap, changed, now)
+        .unwrap();
     let r = s.dev.request_alloc().unwrap();
     let a = QbufArgs {
         bytesused: [5, 0, 0, 0],
         request: Some(r),
         ..Default::default()
     };
-    s.dev.qbuf(c, Queue::Output, 0, Memory::Mmap, a, now).unwrap();
+    s.dev
+        .qbuf(c, Queue::Output, 0, Memory::Mmap, a, now)
+        .unwrap();
     s.dev.request_queue(r, now).unwrap();
     assert_eq!(kinds(&sent(&mut s)), vec![BufRegister, Decode]);
 }
@@ -456,7 +544,9 @@ fn daemon_error_status_fails_the_context_fast() {
         ctx_id: c.0,
         error: e::EINVAL as u32,
     };
-    s.dev.daemon_receive(&Message::CtxStatus(st).to_bytes(0), 0).unwrap();
+    s.dev
+        .daemon_receive(&Message::CtxStatus(st).to_bytes(0), 0)
+        .unwrap();
     s.daemon_answer_one(false);
     assert!(s.dev.dqbuf(c, Queue::Capture).unwrap().flags & BUF_FLAG_ERROR != 0);
     qcap(&mut s, c, 1);
@@ -477,7 +567,10 @@ fn handshake_waits_then_times_out_to_fail_fast() {
     qcap(&mut s, c, 0);
     decode(&mut s, c, 0, 1, 0).unwrap();
     // waiting for the hello reply: not failed yet
-    assert_eq!(s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(), e::EAGAIN);
+    assert_eq!(
+        s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(),
+        e::EAGAIN
+    );
     assert!(matches!(s.dev.link(), Link::Handshaking { .. }));
     s.advance(1500 * MS);
     assert_eq!(s.dev.link(), Link::Detached);
@@ -497,7 +590,9 @@ fn handshake_rejects_unoffered_features_and_bad_versions() {
             max_msg_size: 4096,
             reserved: 0,
         };
-        assert!(d.daemon_receive(&Message::HelloReply(reply).to_bytes(0), 0).is_err());
+        assert!(d
+            .daemon_receive(&Message::HelloReply(reply).to_bytes(0), 0)
+            .is_err());
         assert_eq!(d.link(), Link::Detached);
         assert_eq!(d.stats().protocol_errors, 1);
     }
@@ -508,7 +603,10 @@ fn daemon_may_not_send_frontend_messages_or_results_before_hello() {
     let mut d = Device::new(Config::default());
     d.daemon_attach(0);
     let r = Message::Result(proto::JobResult::default()).to_bytes(0);
-    assert!(matches!(d.daemon_receive(&r, 0), Err(DaemonError::Unexpected(_))));
+    assert!(matches!(
+        d.daemon_receive(&r, 0),
+        Err(DaemonError::Unexpected(_))
+    ));
     d.daemon_attach(0);
     let bad = Message::CtxClose(proto::CtxClose::default()).to_bytes(0);
     assert!(d.daemon_receive(&bad, 0).is_err());
@@ -538,13 +636,25 @@ fn results_unknown_duplicate_foreign_and_earlier_connection_are_rejected() {
         s.dev.daemon_receive(&res(c.0 + 1), 0),
         Ok(Some(ResultDisposition::Foreign))
     );
-    assert_eq!(s.dev.daemon_receive(&res(c.0), 0), Ok(Some(ResultDisposition::Applied)));
-    assert_eq!(s.dev.daemon_receive(&res(c.0), 0), Ok(Some(ResultDisposition::Unknown)));
+    assert_eq!(
+        s.dev.daemon_receive(&res(c.0), 0),
+        Ok(Some(ResultDisposition::Applied))
+    );
+    assert_eq!(
+        s.dev.daemon_receive(&res(c.0), 0),
+        Ok(Some(ResultDisposition::Unknown))
+    );
     // a new connection: results for the old one's cookie are unknown
     s.daemon_start();
-    assert_eq!(s.dev.daemon_receive(&res(c.0), 0), Ok(Some(ResultDisposition::Unknown)));
+    assert_eq!(
+        s.dev.daemon_receive(&res(c.0), 0),
+        Ok(Some(ResultDisposition::Unknown))
+    );
     let st = s.dev.stats();
-    assert_eq!((st.rejected_foreign, st.rejected_unknown, st.done), (1, 2, 1));
+    assert_eq!(
+        (st.rejected_foreign, st.rejected_unknown, st.done),
+        (1, 2, 1)
+    );
 }
 
 #[test]
@@ -558,7 +668,10 @@ fn deadline_fails_the_job_cancels_it_and_the_late_answer_is_an_ack() {
     let deadline = s.dev.next_deadline().unwrap();
     assert_eq!(deadline, s.now + Config::default().job_timeout);
     s.dev.tick(deadline - 1);
-    assert_eq!(s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(), e::EAGAIN);
+    assert_eq!(
+        s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(),
+        e::EAGAIN
+    );
     s.dev.tick(deadline);
     assert!(s.dev.dqbuf(c, Queue::Capture).unwrap().flags & BUF_FLAG_ERROR != 0);
     assert_eq!(s.dev.stats().timeouts, 1);
@@ -589,7 +702,9 @@ fn detach_drains_in_flight_with_error_exactly_once() {
         .filter(|e| matches!(e, Event::JobDone { .. }))
         .collect();
     assert_eq!(done.len(), 2);
-    assert!(done.iter().all(|e| matches!(e, Event::JobDone { ok: false, .. })));
+    assert!(done
+        .iter()
+        .all(|e| matches!(e, Event::JobDone { ok: false, .. })));
     assert_eq!(s.dev.inflight_count(), 0);
     assert_eq!(s.dev.stats().drained, 2);
     s.dev.daemon_detach(s.now); // idempotent
@@ -603,8 +718,14 @@ fn flush_releases_a_held_capture_buffer() {
     let c = streaming(&mut s, 2);
     qcap(&mut s, c, 0);
     decode(&mut s, c, 0, 5, BUF_FLAG_M2M_HOLD_CAPTURE_BUF).unwrap();
-    assert_eq!(s.dev.buffer(c, Queue::Capture, 0).unwrap().state, BufState::Active);
-    assert_eq!(s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(), e::EAGAIN);
+    assert_eq!(
+        s.dev.buffer(c, Queue::Capture, 0).unwrap().state,
+        BufState::Active
+    );
+    assert_eq!(
+        s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(),
+        e::EAGAIN
+    );
     s.dev.decoder_flush(c).unwrap();
     let d = s.dev.dqbuf(c, Queue::Capture).unwrap();
     assert_eq!((d.index, d.flags & BUF_FLAG_ERROR), (0, 0));
