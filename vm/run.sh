@@ -96,7 +96,7 @@ esac
 mkdir -p "$VM_CACHE/runs" "$VM_CACHE/logs"
 # kept (failed) runs: only the newest 10 stay
 # shellcheck disable=SC2012
-ls -1dt "$VM_CACHE"/runs/run.* 2>/dev/null | tail -n +11 | while read -r old; do rm -rf "$old"; done
+{ ls -1dt "$VM_CACHE"/runs/run.* 2>/dev/null || true; } | tail -n +11 | while read -r old; do rm -rf "$old"; done
 RUN=$(mktemp -d "$VM_CACHE/runs/run.XXXXXX")
 CTL=$RUN/ctl
 mkdir -p "$CTL"
