@@ -1085,6 +1085,89 @@ mod tests {
         assert_eq!(got, vec![vec![0x67, 1, 2], vec![0x68, 3], vec![0x65, 4]]);
     }
 
+    fn with_refs(refs: &[(u32, i32, Option<u32>)]) -> H264Parser {
+        let mut p = H264Parser::new(Vec::new(), Packing::PicturePerJob);
+        p.refs = refs
+            .iter()
+            .enumerate()
+            .map(|(i, &(frame_num, poc, long_term))| RefPic {
+                ts: i as u64,
+                frame_num,
+                top_poc: poc,
+                bottom_poc: poc,
+                long_term,
+            })
+            .collect();
+        p
+    }
+
+    fn header(ty: SliceType, frame_num: u16, l0: u8, l1: u8) -> SliceHeader {
+        SliceHeader {
+            slice_type: ty,
+            frame_num,
+            max_pic_num: 16,
+            num_ref_idx_l0_active_minus1: l0,
+            num_ref_idx_l1_active_minus1: l1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn p_list_by_descending_pic_num_then_long_term() {
+        // frame_num 14, 15, 0 with wrap (current 1), plus a long-term one.
+        let p = with_refs(&[(14, 0, None), (3, 0, Some(1)), (15, 0, None), (0, 0, None)]);
+        let h = header(SliceType::P, 1, 4, 0);
+        assert_eq!(
+            (p.ref_list(&h, 0, 0).unwrap()),
+            vec![Some(3), Some(2), Some(0), Some(1), None]
+        );
+    }
+
+    #[test]
+    fn b_lists_by_poc_and_swap_rule() {
+        let p = with_refs(&[(0, 0, None), (1, 8, None), (2, 4, Some(0))]);
+        let h = header(SliceType::B, 3, 2, 2);
+        assert_eq!(
+            (p.ref_list(&h, 2, 0).unwrap()),
+            vec![Some(0), Some(1), Some(2)]
+        );
+        assert_eq!(
+            (p.ref_list(&h, 2, 1).unwrap()),
+            vec![Some(1), Some(0), Some(2)]
+        );
+        // Only past pictures: list 1 would equal list 0, so its first two
+        // entries are swapped.
+        let p = with_refs(&[(0, 0, None), (1, 2, None)]);
+        let h = header(SliceType::B, 2, 1, 1);
+        assert_eq!((p.ref_list(&h, 4, 0).unwrap()), vec![Some(1), Some(0)]);
+        assert_eq!((p.ref_list(&h, 4, 1).unwrap()), vec![Some(0), Some(1)]);
+    }
+
+    #[test]
+    fn list_modification_moves_a_picture_first() {
+        let p = with_refs(&[(0, 0, None), (1, 2, None), (2, 4, None)]);
+        let mut h = header(SliceType::P, 3, 2, 0);
+        h.ref_pic_list_modification_flag_l0 = true;
+        h.ref_pic_list_modification_l0 = vec![
+            RefPicListModification {
+                modification_of_pic_nums_idc: 0,
+                abs_diff_pic_num_minus1: 2, // 3 - 3 = PicNum 0
+                ..Default::default()
+            },
+            RefPicListModification {
+                modification_of_pic_nums_idc: 3,
+                ..Default::default()
+            },
+        ];
+        assert_eq!(
+            (p.ref_list(&h, 6, 0).unwrap()),
+            vec![Some(0), Some(2), Some(1)]
+        );
+        // A modification naming a picture that is not in the DPB.
+        h.ref_pic_list_modification_l0[0].abs_diff_pic_num_minus1 = 5;
+        assert!(p.ref_list(&h, 6, 0).is_err());
+    }
+
     #[test]
     fn zigzag_is_a_permutation() {
         assert_eq!(

@@ -127,6 +127,14 @@ fn streams() -> Vec<Stream> {
             ten_bit: false,
         },
         Stream {
+            name: "interlaced_mbaff_tff_176x144",
+            size: (176, 144),
+            frames: 16,
+            x264: &["--interlaced", "--tff", "--bframes", "2", "--ref", "3"],
+            packings: &[PER_PIC, PER_SLICE_RAW],
+            ten_bit: false,
+        },
+        Stream {
             name: "high10_p010_176x100",
             size: (176, 100),
             frames: 15,
@@ -504,4 +512,176 @@ fn corrupt_slice_fails_the_job_not_the_session() {
         ok[6..].iter().all(|&b| b),
         "decoding resumes at the next IDR"
     );
+}
+
+/// Tiny deterministic PRNG (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Decodes `file` once with random damage (bitstream bytes, truncation,
+/// control bytes that pass validation), then, on the same session after a
+/// reset, cleanly: no panic, and the clean pass is bit-exact.
+fn fuzz_then_clean(file: &Path, want: &[String], seed: u64) -> (usize, usize) {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut backend = FfmpegH264::new().unwrap();
+    let mut effective = ControlValues::defaults(Codec::H264);
+    let mut failed = 0;
+    let packing = if seed & 1 == 0 {
+        PER_PIC
+    } else {
+        PER_SLICE_RAW
+    };
+    let mut parser = H264Parser::from_file(file, packing).unwrap();
+    let mut buffers: HashMap<u64, Vec<u8>> = HashMap::new();
+    while let Some(mut job) = parser.next_job().unwrap() {
+        match rng.below(6) {
+            0 | 1 => {
+                let n = job.bitstream.len();
+                for _ in 0..=rng.below(8) {
+                    let i = 4 + rng.below((n - 4) as u64) as usize;
+                    job.bitstream[i] = rng.next() as u8;
+                }
+            }
+            2 => {
+                let n = job.bitstream.len();
+                job.bitstream
+                    .truncate(5 + rng.below((n - 4) as u64) as usize);
+            }
+            3 => {
+                let ids: Vec<u32> = job.controls.iter().map(|(id, _)| id).collect();
+                let id = ids[rng.below(ids.len() as u64) as usize];
+                let mut bytes = job.controls.get_raw(id).unwrap().to_vec();
+                let i = rng.below(bytes.len() as u64) as usize;
+                bytes[i] = rng.next() as u8;
+                job.controls.set_raw(id, bytes);
+            }
+            _ => {}
+        }
+        for (id, bytes) in job.controls.iter() {
+            if let Ok(v) = validate_write(Codec::H264, id, bytes) {
+                effective.set_raw(id, v);
+            }
+        }
+        let mut refs = Vec::new();
+        (Codec::H264.desc().reference_timestamps)(&effective, &mut refs);
+        let (w, h) = job.picture.coded;
+        let buf = buffers
+            .entry(job.timestamp)
+            .or_insert_with(|| vec![0u8; (w * h * 3 / 2) as usize]);
+        let mut t = CaptureTarget::contiguous(CaptureFormat::Nv12, w, h, w as usize, buf).unwrap();
+        let input = JobInput {
+            codec: Codec::H264,
+            controls: &effective,
+            bitstream: &job.bitstream,
+            timestamp: job.timestamp,
+            flags: JobFlags {
+                more_slices: job.flags.more_slices,
+                continues_picture: job.flags.continues_picture,
+            },
+            references: &refs,
+        };
+        if backend.decode(&input, &mut t).is_err() {
+            failed += 1;
+        }
+        if !job.flags.more_slices {
+            buffers.remove(&job.timestamp);
+        }
+    }
+    // Clean pass on the same session.
+    backend.reset();
+    let mut parser = H264Parser::from_file(file, PER_PIC).unwrap();
+    let mut effective = ControlValues::defaults(Codec::H264);
+    let mut display = DisplayQueue::new();
+    let mut shown = Vec::new();
+    while let Some(job) = parser.next_job().unwrap() {
+        effective.merge(&job.controls);
+        let mut refs = Vec::new();
+        (Codec::H264.desc().reference_timestamps)(&effective, &mut refs);
+        let info = job.picture;
+        let (w, h) = info.coded;
+        let mut buf = vec![0u8; (w * h * 3 / 2) as usize];
+        let mut t =
+            CaptureTarget::contiguous(CaptureFormat::Nv12, w, h, w as usize, &mut buf).unwrap();
+        let input = JobInput {
+            codec: Codec::H264,
+            controls: &effective,
+            bitstream: &job.bitstream,
+            timestamp: job.timestamp,
+            flags: JobFlags::default(),
+            references: &refs,
+        };
+        backend.decode(&input, &mut t).unwrap();
+        shown.extend(display.push(job.timestamp, &info, (info, buf)));
+    }
+    shown.extend(display.drain());
+    let mismatches = shown
+        .iter()
+        .zip(want)
+        .filter(|((_, (info, data)), w)| {
+            format!("{:x}", md5::compute(visible_bytes(data, info, 1))) != **w
+        })
+        .count();
+    assert_eq!(shown.len(), want.len());
+    (failed, mismatches)
+}
+
+#[test]
+fn damaged_jobs_never_panic_and_the_session_recovers() {
+    tool("x264");
+    tool("ffmpeg");
+    let dir = tmpdir().join("fuzz");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("src.y4m");
+    run(Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc2=size=176x144:rate=25")
+        .args(["-frames:v", "24", "-pix_fmt", "yuv420p"])
+        .arg(&src));
+    let file = dir.join("s.264");
+    run(Command::new("x264")
+        .args([
+            "--quiet",
+            "--slices",
+            "2",
+            "--bframes",
+            "2",
+            "--keyint",
+            "8",
+            "-o",
+        ])
+        .arg(&file)
+        .arg(&src));
+    let want = reference_md5s(&file, false);
+    let (mut failed, mut mismatches) = (0, 0);
+    for seed in 1..=24 {
+        let (f, m) = fuzz_then_clean(&file, &want, seed);
+        failed += f;
+        mismatches += m;
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    println!(
+        "fuzz: 24 damaged runs, {failed} jobs failed cleanly, clean-pass mismatches {mismatches}"
+    );
+    assert!(failed > 0, "damage went unnoticed everywhere");
+    assert_eq!(mismatches, 0);
 }

@@ -115,7 +115,9 @@ impl<'a> CaptureTarget<'a> {
         buf: &'a mut [u8],
     ) -> Option<Self> {
         let h = height as usize;
-        if stride < width as usize * format.sample_bytes() {
+        // The interleaved chroma row (rounded up to whole pairs) is the
+        // widest row.
+        if stride < (width as usize).div_ceil(2) * 2 * format.sample_bytes() {
             return None;
         }
         let luma_len = stride.checked_mul(h)?;
@@ -139,12 +141,15 @@ impl<'a> CaptureTarget<'a> {
     /// Checks that the planes can hold `width` x `height` pixels of the
     /// format; backends call this before writing.
     pub fn check(&self) -> Result<(), DecodeError> {
-        let row = self.width as usize * self.format.sample_bytes();
+        let sb = self.format.sample_bytes();
+        let luma_row = self.width as usize * sb;
+        // Interleaved CbCr: one pair per two luma columns, rounded up.
+        let chroma_row = (self.width as usize).div_ceil(2) * 2 * sb;
         let h = self.height as usize;
-        let ok = |p: &CapturePlane<'_>, rows: usize| {
+        let ok = |p: &CapturePlane<'_>, rows: usize, row: usize| {
             p.stride >= row && (rows == 0 || p.data.len() >= (rows - 1) * p.stride + row)
         };
-        if ok(&self.luma, h) && ok(&self.chroma, h.div_ceil(2)) {
+        if ok(&self.luma, h, luma_row) && ok(&self.chroma, h.div_ceil(2), chroma_row) {
             Ok(())
         } else {
             Err(DecodeError::CaptureTooSmall)
@@ -255,6 +260,22 @@ mod tests {
         assert!(t.check().is_ok());
         let mut small = vec![0u8; 64 * 48];
         assert!(CaptureTarget::contiguous(CaptureFormat::Nv12, 64, 48, 64, &mut small).is_none());
+        // Odd width: the chroma row needs one more pair than the luma row.
+        let mut odd = [0u8; 16];
+        let t = CaptureTarget {
+            format: CaptureFormat::Nv12,
+            width: 3,
+            height: 4,
+            luma: CapturePlane {
+                data: &mut odd[..16],
+                stride: 3,
+            },
+            chroma: CapturePlane {
+                data: &mut [0u8; 6][..],
+                stride: 3,
+            },
+        };
+        assert_eq!(t.check(), Err(DecodeError::CaptureTooSmall));
         let mut p010 = vec![0u8; 128 * 48 * 3 / 2];
         assert!(CaptureTarget::contiguous(CaptureFormat::P010, 64, 48, 64, &mut p010).is_none());
         assert!(CaptureTarget::contiguous(CaptureFormat::P010, 64, 48, 128, &mut p010).is_some());
