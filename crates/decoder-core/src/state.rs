@@ -31,6 +31,30 @@ use crate::ctrl::{self, libc_errno as e, Codec, ControlValues, CtrlError};
 use crate::fmt::{self, PixFormat};
 use crate::proto::{self, Message, WireCtrl};
 
+/// Every transition of [`Device`]: the methods that change its state. The
+/// state tables in docs/architecture.md have a row for each (a test checks).
+pub const TRANSITIONS: &[&str] = &[
+    "open_context",
+    "set_format",
+    "reqbufs",
+    "create_bufs",
+    "qbuf",
+    "dqbuf",
+    "streamon",
+    "streamoff",
+    "request_alloc",
+    "set_controls",
+    "request_queue",
+    "request_reinit",
+    "request_close",
+    "decoder_flush",
+    "close_context",
+    "daemon_attach",
+    "daemon_detach",
+    "daemon_receive",
+    "tick",
+];
+
 /// Monotonic time in nanoseconds, supplied by the frontend.
 pub type Nanos = u64;
 
