@@ -2,8 +2,8 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# VM harness recipes (vm, vm-selftest, ...).
-import? 'vm/vm.just'
+# VM harness recipes (vm, vm-shell, vm-selftest, test-vm, ...).
+import 'vm/vm.just'
 
 default:
     @just --list
@@ -12,15 +12,36 @@ default:
 build:
     cargo build --release --workspace
 
-# Lints: rustfmt, clippy with warnings denied, rustdoc.
+# Decode a file through the whole stack (embedded frontend + daemon in one process).
+decode INPUT *ARGS: build
+    target/release/daedalus decode {{INPUT}} {{ARGS}}
+
+# Lints: rustfmt, clippy with warnings denied, rustdoc with warnings denied.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
-    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 
-# Native test suites (no VM).
-test-native:
+# Linux 6.12 uAPI headers for the control layout tests (.cache/uapi).
+uapi:
+    bash scripts/uapi-headers.sh >/dev/null
+
+# Native test suites (no VM): unit, property (>= 100,000 steps), golden, layout, scenario tests.
+test-native: uapi
     cargo test --workspace --release
 
 # Every test: lints, native suites, then the VM suites.
-test: lint test-native
+test: lint test-native test-vm
+
+# Fuzz each cargo-fuzz target for SECONDS (nightly if installed, else stable with RUSTC_BOOTSTRAP).
+fuzz SECONDS="30":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked -q
+    tc=""; if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then tc="+nightly"; else export RUSTC_BOOTSTRAP=1; fi
+    cd fuzz
+    for t in $(cargo $tc fuzz list); do
+        echo "== fuzz $t for {{SECONDS}} s"
+        cargo $tc fuzz run "$t" -- -max_total_time={{SECONDS}} 2>&1 | grep -E '^(Done|==|SUMMARY)|panicked|ERROR' || true
+        [ "${PIPESTATUS[0]}" = 0 ] || { echo "fuzz target $t failed"; exit 1; }
+    done
