@@ -1,6 +1,187 @@
-//! `daedalus-daemon` entry point.
+//! `daedalus-daemon`: connects to a frontend and decodes its jobs.
+//!
+//! ```text
+//! daedalus-daemon --connect PATH [--once] [--threads N]
+//! ```
+//!
+//! Reconnects with a growing delay whenever the frontend goes away or cannot
+//! be reached, unless `--once` is given. SIGTERM and SIGINT end it cleanly.
+//! Logging goes to stderr, filtered by `RUST_LOG` (default `info`).
 
-fn main() {
-    eprintln!("daedalus-daemon: not implemented yet (issue 3)");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use daedalus_daemon::server::{ServeError, Server, ServerConfig, SessionEnd};
+use daedalus_daemon::transport::{SeqPacket, Shutdown};
+
+const USAGE: &str = "usage: daedalus-daemon --connect PATH [--once] [--threads N]
+
+  --connect PATH  unix SOCK_SEQPACKET socket of the frontend
+  --once          serve one connection, do not reconnect
+  --threads N     most jobs decoding at once (default: number of cores)
+
+Logging: RUST_LOG (default info).";
+
+#[derive(Debug)]
+struct Args {
+    connect: PathBuf,
+    once: bool,
+    threads: Option<usize>,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut connect = None;
+    let mut once = false;
+    let mut threads = None;
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--connect" => connect = Some(PathBuf::from(value("--connect")?)),
+            "--threads" => {
+                let v = value("--threads")?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("--threads: not a number: {v}"))?;
+                if n == 0 {
+                    return Err("--threads must be at least 1".into());
+                }
+                threads = Some(n);
+            }
+            "--once" => once = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Args {
+        connect: connect.ok_or("--connect PATH is required")?,
+        once,
+        threads,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("daedalus-daemon: {e}");
+            }
+            eprintln!("{USAGE}");
+            return if e.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let shutdown = match Shutdown::new() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("shutdown pipe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // The handler writes one byte to (a duplicate of) the latch's pipe;
+        // the duplicate stays open for the life of the process.
+        let registered = shutdown
+            .signal_fd()
+            .and_then(|fd| signal_hook::low_level::pipe::register(sig, fd));
+        if let Err(e) = registered {
+            tracing::error!("cannot handle signal {sig}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+
+    let mut cfg = ServerConfig::default();
+    if let Some(n) = args.threads {
+        cfg.threads = n;
+    }
+    tracing::info!(path = %args.connect.display(), threads = cfg.threads, "daedalus-daemon starting");
+    let server = Server::new(cfg);
+
+    let mut backoff = Duration::from_millis(100);
+    let max_backoff = Duration::from_secs(5);
+    loop {
+        if shutdown.is_triggered() {
+            return ExitCode::SUCCESS;
+        }
+        let end = match SeqPacket::connect(&args.connect) {
+            Ok(sock) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!("connected");
+                server.serve(Arc::new(sock), &shutdown)
+            }
+            Err(e) => {
+                tracing::warn!(path = %args.connect.display(), "cannot connect: {e}");
+                if args.once {
+                    return ExitCode::FAILURE;
+                }
+                if shutdown.wait_timeout(backoff) {
+                    return ExitCode::SUCCESS;
+                }
+                backoff = (backoff * 2).min(max_backoff);
+                continue;
+            }
+        };
+        match end {
+            Ok(SessionEnd::Shutdown) => return ExitCode::SUCCESS,
+            Ok(SessionEnd::PeerClosed) if args.once => return ExitCode::SUCCESS,
+            Err(e) if args.once => {
+                report(&e);
+                return ExitCode::FAILURE;
+            }
+            Ok(SessionEnd::PeerClosed) => {}
+            Err(e) => report(&e),
+        }
+        // Give a restarting frontend a moment before reconnecting.
+        if shutdown.wait_timeout(backoff) {
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
+fn report(e: &ServeError) {
+    tracing::warn!("connection ended: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: &[&str]) -> Result<Args, String> {
+        parse_args(v.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn args() {
+        let a = parse(&["--connect", "/tmp/s", "--threads=3", "--once"]).unwrap();
+        assert_eq!(a.connect, PathBuf::from("/tmp/s"));
+        assert_eq!(a.threads, Some(3));
+        assert!(a.once);
+        assert!(parse(&["--threads", "2"]).is_err());
+        assert!(parse(&["--connect"]).is_err());
+        assert!(parse(&["--connect", "x", "--threads", "0"]).is_err());
+        assert!(parse(&["--connect", "x", "--bogus"]).is_err());
+        assert_eq!(parse(&["--help"]).unwrap_err(), "");
+    }
 }

@@ -1,0 +1,689 @@
+//! Memory of the buffers a frontend registers.
+//!
+//! A [`MsgKind::BufRegister`](decoder_core::proto::MsgKind::BufRegister)
+//! names, for each memory plane, one of the descriptors that came with it
+//! plus an offset and a length. [`RegisteredBuffer::map`] checks that range
+//! against the descriptor's size and maps it shared (read-only for OUTPUT
+//! buffers, read-write for CAPTURE buffers). The mapping lives until the
+//! buffer is dropped: unregistered, its context closed, or the connection
+//! gone (jobs keep it alive while they run, through an `Arc`).
+//!
+//! CPU access goes through [`CpuRead`] / [`CpuWrite`] guards that hold the
+//! buffer's lock (one job at a time touches a buffer) and, for dmabufs,
+//! bracket the access with `DMA_BUF_IOCTL_SYNC` start/end. The decode path
+//! reads the bitstream straight from the OUTPUT mapping and the backend
+//! writes the picture straight into the CAPTURE mapping: no frame copy.
+//!
+//! The mapped pages are shared with other processes (the client that owns
+//! the buffer). Their content is plain bytes that may change at any time;
+//! nothing here assumes it is stable, and nothing is interpreted without the
+//! backend's own checks.
+
+use std::ffi::c_void;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+
+use decoder_core::fmt;
+use decoder_core::proto::{BufRegister, CtxOpen, DV_MEM_DMABUF, DV_MEM_MEMFD, DV_QUEUE_CAPTURE};
+use parking_lot::{Mutex, MutexGuard};
+use rustix::io::Errno;
+use rustix::ioctl::{opcode, Opcode, Setter};
+use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::backend::{CaptureFormat, CapturePlane, CaptureTarget};
+
+/// Why a buffer could not be registered or accessed.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    /// A plane names a descriptor index that did not come with the message.
+    #[error("plane {plane} names descriptor {fd_index}, only {have} received")]
+    MissingFd {
+        /// Plane.
+        plane: usize,
+        /// Index named.
+        fd_index: u32,
+        /// Descriptors received.
+        have: usize,
+    },
+    /// Unknown `DV_MEM_*`.
+    #[error("unknown memory type {0}")]
+    BadMemory(u32),
+    /// The plane's range does not fit in the descriptor's memory.
+    #[error("plane {plane}: {offset}+{length} exceeds the {size} bytes of its descriptor")]
+    OutOfRange {
+        /// Plane.
+        plane: usize,
+        /// Offset asked.
+        offset: u64,
+        /// Length asked.
+        length: u64,
+        /// Size of the memory.
+        size: u64,
+    },
+    /// `fstat`, `lseek`, `mmap` or the dmabuf sync ioctl failed.
+    #[error("{what}: {err}")]
+    Sys {
+        /// The failed operation.
+        what: &'static str,
+        /// Its error.
+        err: std::io::Error,
+    },
+    /// `bytesused` exceeds the OUTPUT plane.
+    #[error("bytesused {bytesused} exceeds the plane's {length} bytes")]
+    BytesUsed {
+        /// Bytes the job claims.
+        bytesused: u32,
+        /// Plane length.
+        length: usize,
+    },
+    /// A CAPTURE access on a read-only (OUTPUT) buffer.
+    #[error("buffer is not writable")]
+    ReadOnly,
+    /// The buffer's planes do not match the context's CAPTURE format.
+    #[error("CAPTURE buffer planes do not fit the format")]
+    Layout,
+}
+
+impl BufferError {
+    /// errno reported to the frontend for a job that failed on this.
+    pub fn errno(&self) -> i32 {
+        match self {
+            BufferError::Sys { err, .. } => err.raw_os_error().unwrap_or(Errno::IO.raw_os_error()),
+            BufferError::Layout => Errno::NOSPC.raw_os_error(),
+            _ => Errno::INVAL.raw_os_error(),
+        }
+    }
+}
+
+fn sys(what: &'static str) -> impl Fn(Errno) -> BufferError {
+    move |e| BufferError::Sys {
+        what,
+        err: e.into(),
+    }
+}
+
+/// `struct dma_buf_sync` of `<linux/dma-buf.h>`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct DmaBufSync {
+    flags: u64,
+}
+
+const DMA_BUF_SYNC_READ: u64 = 1;
+const DMA_BUF_SYNC_WRITE: u64 = 2;
+const DMA_BUF_SYNC_START: u64 = 0;
+const DMA_BUF_SYNC_END: u64 = 4;
+/// `DMA_BUF_IOCTL_SYNC`: `_IOW('b', 0, struct dma_buf_sync)`.
+const DMA_BUF_IOCTL_SYNC: Opcode = opcode::write::<DmaBufSync>(b'b', 0);
+
+fn dma_buf_sync(fd: &OwnedFd, flags: u64) -> Result<(), Errno> {
+    loop {
+        // SAFETY: DMA_BUF_IOCTL_SYNC takes a pointer to a `struct dma_buf_sync`
+        // (one u64), which `DmaBufSync` mirrors; the kernel only reads it.
+        let r = unsafe {
+            rustix::ioctl::ioctl(
+                fd,
+                Setter::<DMA_BUF_IOCTL_SYNC, DmaBufSync>::new(DmaBufSync { flags }),
+            )
+        };
+        match r {
+            Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// One `mmap`ed range, unmapped on drop.
+#[derive(Debug)]
+struct Mapping {
+    ptr: NonNull<c_void>,
+    len: usize,
+}
+
+// SAFETY: a Mapping is a plain address range owned by this value; the raw
+// pointer is only dereferenced through `RegisteredBuffer`'s access guards,
+// which serialise access with a mutex. Unmapping from another thread is fine.
+unsafe impl Send for Mapping {}
+// SAFETY: shared references to a Mapping never touch the memory (see above).
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what a successful mmap returned, no
+        // slice into the range outlives the `RegisteredBuffer` that owns it
+        // (guards borrow it), and it is unmapped only here, once.
+        if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr(), self.len) } {
+            tracing::warn!("munmap failed: {e}");
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PlaneMap {
+    /// None for an empty plane.
+    map: Option<Mapping>,
+    /// Offset of the plane's first byte in `map`.
+    start: usize,
+    /// Plane bytes.
+    len: usize,
+}
+
+impl PlaneMap {
+    fn ptr(&self) -> *mut u8 {
+        match &self.map {
+            // SAFETY: `start + len <= map.len` (checked in `map_plane`), so the
+            // offset stays inside the mapping.
+            Some(m) => unsafe { m.ptr.as_ptr().cast::<u8>().add(self.start) },
+            None => NonNull::<u8>::dangling().as_ptr(),
+        }
+    }
+}
+
+/// The mapped memory of one registered buffer.
+#[derive(Debug)]
+pub struct RegisteredBuffer {
+    queue: u32,
+    index: u32,
+    memory: u32,
+    writable: bool,
+    planes: Vec<PlaneMap>,
+    /// Distinct dmabufs to sync around CPU access (empty for memfd).
+    sync_fds: Vec<OwnedFd>,
+    lock: Mutex<()>,
+}
+
+/// Size of the memory behind `fd`.
+fn fd_size(fd: &OwnedFd, memory: u32) -> Result<u64, BufferError> {
+    if memory == DV_MEM_DMABUF {
+        // A dmabuf reports its size through lseek(SEEK_END); it keeps no
+        // file position, so the shared description is not disturbed.
+        rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0)).map_err(sys("lseek(dmabuf)"))
+    } else {
+        let st = rustix::fs::fstat(fd).map_err(sys("fstat"))?;
+        u64::try_from(st.st_size).map_err(|_| BufferError::Sys {
+            what: "fstat",
+            err: std::io::Error::other("negative size"),
+        })
+    }
+}
+
+fn map_plane(
+    fd: &OwnedFd,
+    offset: u64,
+    length: u64,
+    writable: bool,
+) -> Result<PlaneMap, BufferError> {
+    let len = usize::try_from(length).map_err(|_| BufferError::Layout)?;
+    if len == 0 {
+        return Ok(PlaneMap {
+            map: None,
+            start: 0,
+            len: 0,
+        });
+    }
+    let page = rustix::param::page_size() as u64;
+    let map_off = offset - offset % page;
+    let start = (offset - map_off) as usize;
+    let map_len = start + len;
+    let prot = if writable {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
+    };
+    // SAFETY: a fresh shared mapping chosen by the kernel (null hint, no
+    // MAP_FIXED) cannot overlap memory Rust owns; `map_off` is page aligned
+    // and `map_off + map_len` was checked against the descriptor's size.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            prot,
+            MapFlags::SHARED,
+            fd,
+            map_off,
+        )
+    }
+    .map_err(sys("mmap"))?;
+    let ptr = NonNull::new(ptr).ok_or(BufferError::Sys {
+        what: "mmap",
+        err: std::io::Error::other("null mapping"),
+    })?;
+    Ok(PlaneMap {
+        map: Some(Mapping { ptr, len: map_len }),
+        start,
+        len,
+    })
+}
+
+impl RegisteredBuffer {
+    /// Maps the planes `reg` describes from the descriptors that came with
+    /// it. Descriptors no plane names are closed. Every range is checked
+    /// against its descriptor's size before mapping.
+    pub fn map(reg: &BufRegister, fds: Vec<OwnedFd>) -> Result<Self, BufferError> {
+        if reg.memory != DV_MEM_DMABUF && reg.memory != DV_MEM_MEMFD {
+            return Err(BufferError::BadMemory(reg.memory));
+        }
+        let writable = reg.queue == DV_QUEUE_CAPTURE;
+        let n = (reg.num_planes as usize).min(reg.planes.len());
+        let mut sizes: Vec<Option<u64>> = vec![None; fds.len()];
+        let mut used = vec![false; fds.len()];
+        let mut planes = Vec::with_capacity(n);
+        for (i, p) in reg.planes[..n].iter().enumerate() {
+            let fi = p.fd_index as usize;
+            let fd = fds.get(fi).ok_or(BufferError::MissingFd {
+                plane: i,
+                fd_index: p.fd_index,
+                have: fds.len(),
+            })?;
+            let size = match sizes[fi] {
+                Some(s) => s,
+                None => {
+                    let s = fd_size(fd, reg.memory)?;
+                    sizes[fi] = Some(s);
+                    s
+                }
+            };
+            let (offset, length) = (u64::from(p.offset), u64::from(p.length));
+            if offset + length > size {
+                return Err(BufferError::OutOfRange {
+                    plane: i,
+                    offset,
+                    length,
+                    size,
+                });
+            }
+            planes.push(map_plane(fd, offset, length, writable)?);
+            used[fi] = true;
+        }
+        let sync_fds = if reg.memory == DV_MEM_DMABUF {
+            fds.into_iter()
+                .zip(used)
+                .filter_map(|(fd, u)| u.then_some(fd))
+                .collect()
+        } else {
+            // The mappings keep the memory; the descriptors are not needed.
+            Vec::new()
+        };
+        Ok(RegisteredBuffer {
+            queue: reg.queue,
+            index: reg.index,
+            memory: reg.memory,
+            writable,
+            planes,
+            sync_fds,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// `DV_QUEUE_*` the buffer belongs to.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// V4L2 buffer index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// `DV_MEM_*`.
+    pub fn memory(&self) -> u32 {
+        self.memory
+    }
+
+    /// Memory planes.
+    pub fn num_planes(&self) -> usize {
+        self.planes.len()
+    }
+
+    /// Length of plane `i` (0 if there is no such plane).
+    pub fn plane_len(&self, i: usize) -> usize {
+        self.planes.get(i).map_or(0, |p| p.len)
+    }
+
+    fn sync(&self, flags: u64) -> Result<(), BufferError> {
+        for fd in &self.sync_fds {
+            dma_buf_sync(fd, flags).map_err(sys("DMA_BUF_IOCTL_SYNC"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts reading the buffer (waits for another access to end).
+    pub fn read(&self) -> Result<CpuRead<'_>, BufferError> {
+        let guard = self.lock.lock();
+        self.sync(DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ)?;
+        Ok(CpuRead {
+            buf: self,
+            _guard: guard,
+        })
+    }
+
+    /// Starts writing the buffer (CAPTURE buffers only).
+    pub fn write(&self) -> Result<CpuWrite<'_>, BufferError> {
+        if !self.writable {
+            return Err(BufferError::ReadOnly);
+        }
+        let guard = self.lock.lock();
+        self.sync(DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE)?;
+        Ok(CpuWrite {
+            buf: self,
+            _guard: guard,
+        })
+    }
+}
+
+/// Read access to a buffer; ends (dmabuf sync end) when dropped.
+#[derive(Debug)]
+pub struct CpuRead<'a> {
+    buf: &'a RegisteredBuffer,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl CpuRead<'_> {
+    /// Plane `i`, all of its registered length.
+    pub fn plane(&self, i: usize) -> Option<&[u8]> {
+        let p = self.buf.planes.get(i)?;
+        // SAFETY: `ptr()` points at `len` mapped, readable bytes that stay
+        // mapped while `self.buf` is borrowed; the buffer lock held by this
+        // guard excludes any `&mut` to them in this process.
+        Some(unsafe { std::slice::from_raw_parts(p.ptr(), p.len) })
+    }
+
+    /// The first `bytesused` bytes of plane 0: an OUTPUT buffer's bitstream.
+    pub fn bitstream(&self, bytesused: u32) -> Result<&[u8], BufferError> {
+        let plane = self.plane(0).unwrap_or(&[]);
+        plane
+            .get(..bytesused as usize)
+            .ok_or(BufferError::BytesUsed {
+                bytesused,
+                length: plane.len(),
+            })
+    }
+}
+
+impl Drop for CpuRead<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.buf.sync(DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ) {
+            tracing::warn!("ending CPU read: {e}");
+        }
+    }
+}
+
+/// Write access to a CAPTURE buffer; ends (dmabuf sync end) when dropped.
+#[derive(Debug)]
+pub struct CpuWrite<'a> {
+    buf: &'a RegisteredBuffer,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl CpuWrite<'_> {
+    /// Every plane, writable. The slices are distinct mappings, so they never
+    /// overlap even when two planes share a descriptor.
+    pub fn planes_mut(&mut self) -> Vec<&mut [u8]> {
+        self.buf
+            .planes
+            .iter()
+            // SAFETY: each plane is its own mapping (or empty), mapped
+            // read-write (`writable` was checked in `write`), and stays mapped
+            // while `self.buf` is borrowed. `&mut self` plus the buffer lock
+            // make these the only references to the planes in this process.
+            .map(|p| unsafe { std::slice::from_raw_parts_mut(p.ptr(), p.len) })
+            .collect()
+    }
+}
+
+impl Drop for CpuWrite<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .buf
+            .sync(DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE)
+        {
+            tracing::warn!("ending CPU write: {e}");
+        }
+    }
+}
+
+/// The CAPTURE format of a context, as the backend's target needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureLayout {
+    /// Pixel layout.
+    pub format: CaptureFormat,
+    /// Width of the picture the backend writes (macroblock aligned).
+    pub width: u32,
+    /// Height of the picture the backend writes (macroblock aligned).
+    pub height: u32,
+    /// Memory planes (1: luma and chroma contiguous; 2: separate planes).
+    pub num_planes: usize,
+    /// Bytes per line of each memory plane.
+    pub bytesperline: [u32; 2],
+    /// Bytes of each memory plane.
+    pub sizeimage: [u32; 2],
+}
+
+impl CaptureLayout {
+    /// The layout of a context, or `None` when the formats are not ones the
+    /// daemon can write (unknown fourcc, plane count, sizes out of range,
+    /// lines or planes too small for the picture).
+    pub fn from_ctx_open(o: &CtxOpen) -> Option<Self> {
+        let format = CaptureFormat::from_fourcc(o.capture_fourcc)?;
+        let want_planes = if o.capture_fourcc == fmt::PIX_FMT_NV12M {
+            2
+        } else {
+            1
+        };
+        if o.num_planes != want_planes {
+            return None;
+        }
+        if !(fmt::MIN_SIZE..=fmt::MAX_WIDTH).contains(&o.width)
+            || !(fmt::MIN_SIZE..=fmt::MAX_HEIGHT).contains(&o.height)
+        {
+            return None;
+        }
+        let width = o.width.div_ceil(16) * 16;
+        let height = o.height.div_ceil(16) * 16;
+        let row = u64::from(width) * format.sample_bytes() as u64;
+        let (luma_rows, chroma_rows) = (u64::from(height), u64::from(height.div_ceil(2)));
+        let p = &o.planes;
+        let ok = if want_planes == 1 {
+            let bpl = u64::from(p[0].bytesperline);
+            bpl >= row && u64::from(p[0].sizeimage) >= bpl * (luma_rows + chroma_rows)
+        } else {
+            let (b0, b1) = (u64::from(p[0].bytesperline), u64::from(p[1].bytesperline));
+            b0 >= row
+                && b1 >= row
+                && u64::from(p[0].sizeimage) >= b0 * luma_rows
+                && u64::from(p[1].sizeimage) >= b1 * chroma_rows
+        };
+        ok.then_some(CaptureLayout {
+            format,
+            width,
+            height,
+            num_planes: want_planes as usize,
+            bytesperline: [p[0].bytesperline, p[1].bytesperline],
+            sizeimage: [p[0].sizeimage, p[1].sizeimage],
+        })
+    }
+
+    /// The backend's view of a CAPTURE buffer's planes (from
+    /// [`CpuWrite::planes_mut`]), checked to hold the whole picture.
+    pub fn target<'a>(&self, planes: Vec<&'a mut [u8]>) -> Result<CaptureTarget<'a>, BufferError> {
+        if planes.len() != self.num_planes {
+            return Err(BufferError::Layout);
+        }
+        let mut it = planes.into_iter();
+        let t = match (it.next(), it.next()) {
+            (Some(p0), None) => CaptureTarget::contiguous(
+                self.format,
+                self.width,
+                self.height,
+                self.bytesperline[0] as usize,
+                p0,
+            )
+            .ok_or(BufferError::Layout)?,
+            (Some(p0), Some(p1)) => CaptureTarget {
+                format: self.format,
+                width: self.width,
+                height: self.height,
+                luma: CapturePlane {
+                    data: p0,
+                    stride: self.bytesperline[0] as usize,
+                },
+                chroma: CapturePlane {
+                    data: p1,
+                    stride: self.bytesperline[1] as usize,
+                },
+            },
+            _ => return Err(BufferError::Layout),
+        };
+        t.check().map_err(|_| BufferError::Layout)?;
+        Ok(t)
+    }
+
+    /// `bytesused` of each plane of a decoded picture.
+    pub fn bytesused(&self, buf: &RegisteredBuffer) -> [u32; 4] {
+        let mut b = [0u32; 4];
+        for (i, slot) in b.iter_mut().enumerate().take(self.num_planes) {
+            let len = u32::try_from(buf.plane_len(i)).unwrap_or(u32::MAX);
+            *slot = self.sizeimage[i].min(len);
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use decoder_core::proto::{BufPlane, PlaneFmt, DV_QUEUE_OUTPUT};
+
+    fn memfd(size: u64) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("buf", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, size).unwrap();
+        fd
+    }
+
+    fn reg(queue: u32, planes: &[(u32, u32, u32)]) -> BufRegister {
+        let mut p = [BufPlane::default(); 4];
+        for (slot, &(fd_index, offset, length)) in p.iter_mut().zip(planes) {
+            *slot = BufPlane {
+                fd_index,
+                offset,
+                length,
+                reserved: 0,
+            };
+        }
+        BufRegister {
+            ctx_id: 1,
+            queue,
+            index: 0,
+            num_planes: planes.len() as u32,
+            memory: DV_MEM_MEMFD,
+            reserved: 0,
+            planes: p,
+        }
+    }
+
+    #[test]
+    fn maps_and_shares_memory() {
+        let fd = memfd(10000);
+        rustix::io::pwrite(&fd, b"bitstream", 5000).unwrap();
+        let check = rustix::io::fcntl_dupfd_cloexec(&fd, 0).unwrap();
+        let out =
+            RegisteredBuffer::map(&reg(DV_QUEUE_OUTPUT, &[(0, 5000, 100)]), vec![fd]).unwrap();
+        let r = out.read().unwrap();
+        assert_eq!(r.bitstream(9).unwrap(), b"bitstream");
+        assert!(r.bitstream(101).is_err());
+        drop(r);
+        assert!(matches!(out.write(), Err(BufferError::ReadOnly)));
+
+        // Two planes in one fd, at unaligned offsets.
+        let cap = RegisteredBuffer::map(
+            &reg(DV_QUEUE_CAPTURE, &[(0, 10, 20), (0, 4097, 30)]),
+            vec![rustix::io::fcntl_dupfd_cloexec(&check, 0).unwrap()],
+        )
+        .unwrap();
+        {
+            let mut w = cap.write().unwrap();
+            let mut p = w.planes_mut();
+            p[0].fill(0xaa);
+            p[1][0] = 0x55;
+        }
+        let mut got = [0u8; 32];
+        rustix::io::pread(&check, &mut got, 0).unwrap();
+        assert_eq!(&got[..10], &[0; 10]);
+        assert_eq!(&got[10..30], &[0xaa; 20]);
+        assert_eq!(got[30], 0);
+        rustix::io::pread(&check, &mut got[..1], 4097).unwrap();
+        assert_eq!(got[0], 0x55);
+    }
+
+    #[test]
+    fn refuses_out_of_range_and_missing_fds() {
+        let e = RegisteredBuffer::map(&reg(DV_QUEUE_OUTPUT, &[(0, 4000, 200)]), vec![memfd(4096)])
+            .unwrap_err();
+        assert!(matches!(e, BufferError::OutOfRange { size: 4096, .. }));
+        let e = RegisteredBuffer::map(&reg(DV_QUEUE_OUTPUT, &[(1, 0, 1)]), vec![memfd(4096)])
+            .unwrap_err();
+        assert!(matches!(e, BufferError::MissingFd { have: 1, .. }));
+        let mut r = reg(DV_QUEUE_OUTPUT, &[(0, 0, 1)]);
+        r.memory = 9;
+        assert!(matches!(
+            RegisteredBuffer::map(&r, vec![memfd(1)]),
+            Err(BufferError::BadMemory(9))
+        ));
+        // An empty plane maps nothing and reads as empty.
+        let b = RegisteredBuffer::map(&reg(DV_QUEUE_OUTPUT, &[(0, 0, 0)]), vec![memfd(0)]).unwrap();
+        assert_eq!(b.read().unwrap().bitstream(0).unwrap(), b"");
+    }
+
+    fn open(fourcc: u32, w: u32, h: u32) -> CtxOpen {
+        let f = fmt::try_decoded(fourcc, w, h);
+        let mut planes = [PlaneFmt::default(); 4];
+        for (p, l) in planes
+            .iter_mut()
+            .zip(f.planes.iter())
+            .take(f.num_planes as usize)
+        {
+            *p = PlaneFmt {
+                bytesperline: l.bytesperline,
+                sizeimage: l.sizeimage,
+            };
+        }
+        CtxOpen {
+            ctx_id: 1,
+            codec: 1,
+            coded_fourcc: fmt::PIX_FMT_H264_SLICE,
+            capture_fourcc: fourcc,
+            width: w,
+            height: h,
+            num_planes: f.num_planes,
+            reserved: 0,
+            planes,
+        }
+    }
+
+    #[test]
+    fn capture_layouts() {
+        let l = CaptureLayout::from_ctx_open(&open(fmt::PIX_FMT_NV12, 1920, 1080)).unwrap();
+        assert_eq!((l.width, l.height, l.num_planes), (1920, 1088, 1));
+        let l = CaptureLayout::from_ctx_open(&open(fmt::PIX_FMT_NV12M, 176, 100)).unwrap();
+        assert_eq!((l.width, l.height, l.num_planes), (176, 112, 2));
+        assert!(CaptureLayout::from_ctx_open(&open(fmt::PIX_FMT_P010, 64, 64)).is_some());
+        let mut o = open(fmt::PIX_FMT_NV12, 64, 64);
+        o.planes[0].sizeimage -= 1;
+        assert!(CaptureLayout::from_ctx_open(&o).is_none());
+        let mut o = open(fmt::PIX_FMT_NV12, 64, 64);
+        o.capture_fourcc = fmt::fourcc(b"YUYV");
+        assert!(CaptureLayout::from_ctx_open(&o).is_none());
+        let mut o = open(fmt::PIX_FMT_NV12, 64, 64);
+        o.num_planes = 2;
+        assert!(CaptureLayout::from_ctx_open(&o).is_none());
+
+        let l = CaptureLayout::from_ctx_open(&open(fmt::PIX_FMT_NV12M, 32, 32)).unwrap();
+        let mut y = vec![0u8; 32 * 32];
+        let mut c = vec![0u8; 32 * 16];
+        let t = l.target(vec![&mut y, &mut c]).unwrap();
+        assert_eq!(t.luma.stride, 32);
+        let mut c = vec![0u8; 32 * 15];
+        assert!(l.target(vec![&mut y, &mut c]).is_err());
+        assert!(l.target(vec![&mut y]).is_err());
+    }
+}

@@ -1,0 +1,505 @@
+//! The daemon side of one bridge connection.
+//!
+//! [`Server::serve`] runs one connection to a frontend until the frontend
+//! goes away, a [`Shutdown`] is triggered, or the frontend breaks the
+//! protocol:
+//!
+//! 1. It waits for `Hello` and answers `HelloReply` with the features both
+//!    sides support.
+//! 2. `CtxOpen` creates a context: its formats are checked at once (an
+//!    unusable format is reported with `CtxStatus` and every job of the
+//!    context fails), and a worker thread opens a backend session for the
+//!    codec (failure: `CtxStatus` too).
+//! 3. `BufRegister` maps a buffer's memory, `BufUnregister` unmaps it.
+//! 4. `Decode` resolves its buffers and controls and queues the job on its
+//!    context's worker, which runs jobs in order. Every job is answered
+//!    exactly once with a `Result` ([`Reply`](crate::reply::Reply)).
+//! 5. `Cancel` answers a queued job ECANCELED without decoding it; a running
+//!    job is answered when it ends.
+//! 6. `CtxClose` stops the context's worker after its current job and
+//!    answers its queued jobs ECANCELED.
+//!
+//! A malformed or unexpected message ends the connection (logged, never a
+//! panic). When the connection ends, every context is closed, workers are
+//! joined (bounded by [`ServerConfig::close_timeout`]) and every mapping and
+//! descriptor is released before `serve` returns.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use daedalus_daemon::server::{Server, ServerConfig};
+//! use daedalus_daemon::transport::{SeqPacket, Shutdown};
+//!
+//! let (daemon_end, frontend_end) = SeqPacket::pair()?;
+//! let shutdown = Shutdown::new()?;
+//! let server = Server::new(ServerConfig::default());
+//! let sd = shutdown.clone();
+//! let daemon = std::thread::spawn(move || server.serve(Arc::new(daemon_end), &sd));
+//! // ... hand `frontend_end` to the frontend, run, then:
+//! shutdown.trigger();
+//! let end = daemon.join().expect("daemon thread");
+//! # drop(frontend_end); let _ = end;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use decoder_core::ctrl::{self, Codec, ControlValues};
+use decoder_core::fmt;
+use decoder_core::proto::{
+    self, Message, DV_DECODE_CONTINUE, DV_DECODE_HOLD_CAPTURE, DV_FEAT_CANCEL, DV_FEAT_DMABUF,
+    DV_FEAT_HOLD_CAPTURE, DV_FEAT_MEMFD, DV_MAX_MSG_SIZE, DV_QUEUE_CAPTURE, DV_QUEUE_OUTPUT,
+};
+use rustix::io::Errno;
+
+use crate::backend::{self, JobFlags};
+use crate::buffers::{BufferError, CaptureLayout, RegisteredBuffer};
+use crate::reply::{Outbox, Reply};
+use crate::transport::{Shutdown, Transport, TransportError};
+use crate::worker::{self, CancelOutcome, CtxQueue, PendingJob, Semaphore, WorkerArgs};
+
+pub use crate::worker::BackendFactory;
+
+/// Features this daemon implements.
+pub const SUPPORTED_FEATURES: u64 =
+    DV_FEAT_DMABUF | DV_FEAT_MEMFD | DV_FEAT_CANCEL | DV_FEAT_HOLD_CAPTURE;
+
+/// Configuration of a [`Server`].
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Most jobs decoding at once, over every context and connection.
+    pub threads: usize,
+    /// Opens a backend session for a codec.
+    pub backends: BackendFactory,
+    /// How long closing a connection waits for running jobs to end before
+    /// leaving their threads behind.
+    pub close_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("threads", &self.threads)
+            .field("close_timeout", &self.close_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerConfig {
+    /// One decode per core, the built-in backends, 5 s close timeout.
+    fn default() -> Self {
+        ServerConfig {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            backends: Arc::new(backend::open),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a connection ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The frontend closed the connection.
+    PeerClosed,
+    /// The [`Shutdown`] latch was triggered.
+    Shutdown,
+}
+
+/// Why a connection was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The frontend sent a datagram that does not decode.
+    #[error("malformed message: {0}")]
+    Proto(#[from] proto::ProtoError),
+    /// The frontend sent a well-formed message it must not send now.
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    /// Receiving or sending failed (including over-long datagrams and
+    /// descriptor lists).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Serves bridge connections; one `Server` may serve several connections in
+/// turn or at once, sharing its decode concurrency limit.
+#[derive(Debug, Clone)]
+pub struct Server {
+    cfg: ServerConfig,
+    permits: Arc<Semaphore>,
+}
+
+impl Server {
+    /// A server with this configuration.
+    pub fn new(cfg: ServerConfig) -> Self {
+        let permits = Arc::new(Semaphore::new(cfg.threads));
+        Server { cfg, permits }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// Serves one connection until it ends; see the module documentation.
+    /// On return every context, worker, mapping and received descriptor of
+    /// the connection is gone (except workers still stuck in a backend past
+    /// the close timeout, which are logged and left to finish on their own).
+    /// The transport is closed when the session ends with an error or a
+    /// shutdown.
+    pub fn serve(
+        &self,
+        transport: Arc<dyn Transport>,
+        shutdown: &Shutdown,
+    ) -> Result<SessionEnd, ServeError> {
+        let mut s = Session {
+            cfg: &self.cfg,
+            permits: &self.permits,
+            transport: transport.clone(),
+            out: Arc::new(Outbox::new(transport.clone())),
+            agreed: None,
+            ctxs: HashMap::new(),
+            retired: Vec::new(),
+        };
+        let r = s.run(shutdown);
+        match &r {
+            Ok(SessionEnd::PeerClosed) => tracing::info!("frontend closed the connection"),
+            Ok(SessionEnd::Shutdown) => tracing::info!("shutting down"),
+            Err(e) => tracing::warn!("dropping the connection: {e}"),
+        }
+        if !matches!(r, Ok(SessionEnd::PeerClosed)) {
+            transport.close();
+        }
+        s.teardown();
+        r
+    }
+}
+
+enum CtxEntry {
+    /// Formats unusable: every job fails with this errno.
+    Failed(i32),
+    Live(LiveCtx),
+}
+
+struct LiveCtx {
+    codec: Codec,
+    queue: Arc<CtxQueue>,
+    worker: JoinHandle<()>,
+    buffers: HashMap<(u32, u32), Arc<RegisteredBuffer>>,
+}
+
+struct Session<'a> {
+    cfg: &'a ServerConfig,
+    permits: &'a Arc<Semaphore>,
+    transport: Arc<dyn Transport>,
+    out: Arc<Outbox>,
+    /// Agreed features once the handshake is done.
+    agreed: Option<u64>,
+    ctxs: HashMap<u32, CtxEntry>,
+    /// Workers of closed contexts, still finishing their current job.
+    retired: Vec<JoinHandle<()>>,
+}
+
+fn unexpected(s: impl Into<String>) -> ServeError {
+    ServeError::Unexpected(s.into())
+}
+
+impl Session<'_> {
+    fn run(&mut self, shutdown: &Shutdown) -> Result<SessionEnd, ServeError> {
+        let mut buf = vec![0u8; DV_MAX_MSG_SIZE as usize];
+        loop {
+            let rx = match self.transport.recv(&mut buf, shutdown) {
+                Ok(rx) => rx,
+                Err(TransportError::Closed) => return Ok(SessionEnd::PeerClosed),
+                Err(TransportError::Shutdown) => return Ok(SessionEnd::Shutdown),
+                Err(e) => return Err(e.into()),
+            };
+            let msg = proto::decode(&buf[..rx.len])?;
+            tracing::trace!(kind = ?msg.kind(), fds = rx.fds.len(), "received");
+            if !rx.fds.is_empty() && !matches!(msg, Message::BufRegister(_)) {
+                return Err(unexpected(format!(
+                    "{} descriptors with a {:?} message",
+                    rx.fds.len(),
+                    msg.kind()
+                )));
+            }
+            self.handle(msg, rx.fds)?;
+            self.retired.retain(|h| !h.is_finished());
+        }
+    }
+
+    fn handle(&mut self, msg: Message<'_>, fds: Vec<OwnedFd>) -> Result<(), ServeError> {
+        let Some(_features) = self.agreed else {
+            return match msg {
+                Message::Hello(h) => self.hello(h),
+                m => Err(unexpected(format!("{:?} before hello", m.kind()))),
+            };
+        };
+        match msg {
+            Message::CtxOpen(o) => self.ctx_open(o),
+            Message::CtxClose(c) => {
+                match self.ctxs.remove(&c.ctx_id) {
+                    Some(e) => self.close_entry(e),
+                    None => tracing::debug!(ctx = c.ctx_id, "close of an unknown context"),
+                }
+                Ok(())
+            }
+            Message::BufRegister(r) => self.buf_register(r, fds),
+            Message::BufUnregister(u) => {
+                if let Some(CtxEntry::Live(c)) = self.ctxs.get_mut(&u.ctx_id) {
+                    c.buffers.remove(&(u.queue, u.index));
+                }
+                Ok(())
+            }
+            Message::Decode(job, ctrls) => {
+                self.decode(job, &ctrls);
+                Ok(())
+            }
+            Message::Cancel(c) => {
+                let outcome = match self.ctxs.get(&c.ctx_id) {
+                    Some(CtxEntry::Live(l)) => l.queue.cancel(c.cookie),
+                    _ => CancelOutcome::Unknown,
+                };
+                tracing::debug!(ctx = c.ctx_id, cookie = c.cookie, ?outcome, "cancel");
+                Ok(())
+            }
+            m @ (Message::Hello(_)
+            | Message::HelloReply(_)
+            | Message::Result(_)
+            | Message::CtxStatus(_)) => Err(unexpected(format!(
+                "{:?} from the frontend after the handshake",
+                m.kind()
+            ))),
+        }
+    }
+
+    fn hello(&mut self, h: proto::Hello) -> Result<(), ServeError> {
+        if h.version_major != proto::DV_VERSION_MAJOR {
+            return Err(unexpected(format!(
+                "frontend protocol version {}.{}",
+                h.version_major, h.version_minor
+            )));
+        }
+        let features = h.features & SUPPORTED_FEATURES;
+        if features & (DV_FEAT_DMABUF | DV_FEAT_MEMFD) == 0 {
+            tracing::warn!(
+                offered = h.features,
+                "frontend offers no buffer memory type this daemon maps"
+            );
+        }
+        self.agreed = Some(features);
+        tracing::info!(
+            version = format!("{}.{}", h.version_major, h.version_minor),
+            features,
+            "frontend attached"
+        );
+        self.out.send(&Message::HelloReply(proto::Hello {
+            version_major: proto::DV_VERSION_MAJOR,
+            version_minor: proto::DV_VERSION_MINOR,
+            max_inflight: u32::try_from(self.cfg.threads).unwrap_or(u32::MAX),
+            features,
+            max_msg_size: DV_MAX_MSG_SIZE,
+            reserved: 0,
+        }));
+        Ok(())
+    }
+
+    fn ctx_open(&mut self, o: proto::CtxOpen) -> Result<(), ServeError> {
+        if self.ctxs.contains_key(&o.ctx_id) {
+            return Err(unexpected(format!("context {} opened twice", o.ctx_id)));
+        }
+        // `proto::decode` already refused unknown codec values.
+        let codec = Codec::from_wire(o.codec).ok_or_else(|| unexpected("codec"))?;
+        let layout = if fmt::codec_of(o.coded_fourcc) == Some(codec) {
+            CaptureLayout::from_ctx_open(&o)
+        } else {
+            None
+        };
+        let Some(layout) = layout else {
+            tracing::warn!(ctx = o.ctx_id, ?codec, "unsupported formats {o:?}");
+            let errno = Errno::INVAL.raw_os_error();
+            self.out.ctx_status(o.ctx_id, errno);
+            self.ctxs.insert(o.ctx_id, CtxEntry::Failed(errno));
+            return Ok(());
+        };
+        tracing::info!(
+            ctx = o.ctx_id,
+            ?codec,
+            width = layout.width,
+            height = layout.height,
+            "context opened"
+        );
+        let queue = CtxQueue::new();
+        let args = WorkerArgs {
+            ctx_id: o.ctx_id,
+            codec,
+            layout,
+            queue: queue.clone(),
+            factory: self.cfg.backends.clone(),
+            permits: self.permits.clone(),
+            out: self.out.clone(),
+        };
+        let worker = std::thread::Builder::new()
+            .name(format!("dv-ctx-{}", o.ctx_id))
+            .spawn(move || worker::run(args));
+        match worker {
+            Ok(worker) => {
+                self.ctxs.insert(
+                    o.ctx_id,
+                    CtxEntry::Live(LiveCtx {
+                        codec,
+                        queue,
+                        worker,
+                        buffers: HashMap::new(),
+                    }),
+                );
+            }
+            Err(e) => {
+                tracing::error!(ctx = o.ctx_id, "cannot start a worker: {e}");
+                let errno = e.raw_os_error().unwrap_or(Errno::AGAIN.raw_os_error());
+                self.out.ctx_status(o.ctx_id, errno);
+                self.ctxs.insert(o.ctx_id, CtxEntry::Failed(errno));
+            }
+        }
+        Ok(())
+    }
+
+    fn buf_register(&mut self, r: proto::BufRegister, fds: Vec<OwnedFd>) -> Result<(), ServeError> {
+        let Some(CtxEntry::Live(c)) = self.ctxs.get_mut(&r.ctx_id) else {
+            // Unknown or failed context: the descriptors are closed here.
+            tracing::debug!(ctx = r.ctx_id, "buffer of a context without a session");
+            return Ok(());
+        };
+        let key = (r.queue, r.index);
+        // The old memory of this slot is gone whatever happens next.
+        c.buffers.remove(&key);
+        match RegisteredBuffer::map(&r, fds) {
+            Ok(b) => {
+                tracing::debug!(
+                    ctx = r.ctx_id,
+                    queue = r.queue,
+                    index = r.index,
+                    planes = b.num_planes(),
+                    "buffer registered"
+                );
+                c.buffers.insert(key, Arc::new(b));
+                Ok(())
+            }
+            Err(e @ BufferError::MissingFd { .. }) => Err(unexpected(format!("buf_register: {e}"))),
+            Err(e) => {
+                // The buffer stays unusable: its jobs fail, the link stays up.
+                tracing::warn!(ctx = r.ctx_id, queue = r.queue, index = r.index, "{e}");
+                Ok(())
+            }
+        }
+    }
+
+    fn decode(&mut self, job: proto::DecodeJob, ctrls: &[proto::WireCtrl<'_>]) {
+        let reply = Reply::new(self.out.clone(), job.ctx_id, job.cookie);
+        let c = match self.ctxs.get(&job.ctx_id) {
+            Some(CtxEntry::Live(c)) => c,
+            Some(CtxEntry::Failed(errno)) => return reply.error(*errno),
+            None => {
+                // Closed (jobs may still be in flight towards us) or never
+                // opened: answer, so the frontend can complete it.
+                tracing::debug!(ctx = job.ctx_id, cookie = job.cookie, "job of no context");
+                return reply.error(Errno::BADF.raw_os_error());
+            }
+        };
+        let (Some(output), Some(capture)) = (
+            c.buffers.get(&(DV_QUEUE_OUTPUT, job.output_index)),
+            c.buffers.get(&(DV_QUEUE_CAPTURE, job.capture_index)),
+        ) else {
+            tracing::warn!(
+                ctx = job.ctx_id,
+                cookie = job.cookie,
+                output = job.output_index,
+                capture = job.capture_index,
+                "job names a buffer that is not registered"
+            );
+            return reply.error(Errno::INVAL.raw_os_error());
+        };
+        let controls = match job_controls(c.codec, ctrls) {
+            Ok(v) => v,
+            Err((id, e)) => {
+                tracing::warn!(
+                    ctx = job.ctx_id,
+                    cookie = job.cookie,
+                    "control {id:#x}: {e}"
+                );
+                return reply.error(e.errno());
+            }
+        };
+        let n = (job.num_refs as usize).min(job.refs.len());
+        c.queue.push(PendingJob {
+            reply,
+            timestamp: job.timestamp,
+            bytesused: job.bytesused,
+            flags: JobFlags {
+                more_slices: job.flags & DV_DECODE_HOLD_CAPTURE != 0,
+                continues_picture: job.flags & DV_DECODE_CONTINUE != 0,
+            },
+            controls,
+            references: job.refs[..n].iter().map(|r| r.timestamp).collect(),
+            output: output.clone(),
+            capture: capture.clone(),
+            cancelled: Arc::new(AtomicBool::new(false)),
+        });
+    }
+
+    fn close_entry(&mut self, e: CtxEntry) {
+        if let CtxEntry::Live(c) = e {
+            c.queue.close();
+            self.retired.push(c.worker);
+            // `c.buffers` drops here; running jobs keep their own buffers.
+        }
+    }
+
+    fn teardown(&mut self) {
+        let ids: Vec<u32> = self.ctxs.keys().copied().collect();
+        for id in ids {
+            if let Some(e) = self.ctxs.remove(&id) {
+                self.close_entry(e);
+            }
+        }
+        let deadline = Instant::now() + self.cfg.close_timeout;
+        for h in self.retired.drain(..) {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if h.is_finished() {
+                if h.join().is_err() {
+                    tracing::error!("a worker panicked");
+                }
+            } else {
+                tracing::error!(
+                    thread = h.thread().name().unwrap_or("?"),
+                    "worker still busy after the close timeout; leaving it"
+                );
+            }
+        }
+    }
+}
+
+/// The job's control values: each control validated as a client's write
+/// would be, over the codec's defaults.
+fn job_controls(
+    codec: Codec,
+    ctrls: &[proto::WireCtrl<'_>],
+) -> Result<ControlValues, (u32, ctrl::CtrlError)> {
+    let mut v = ControlValues::defaults(codec);
+    for c in ctrls {
+        match ctrl::validate_write(codec, c.id, c.payload) {
+            Ok(bytes) => v.set_raw(c.id, bytes),
+            // A read-only control's value is the driver's, not the job's.
+            Err(ctrl::CtrlError::ReadOnly(_)) => {}
+            Err(e) => return Err((c.id, e)),
+        }
+    }
+    Ok(v)
+}

@@ -1,0 +1,293 @@
+//! One decode worker per context.
+//!
+//! A context's jobs run in arrival order on its own thread, so a slow or
+//! stuck backend only delays its own context. Overall decoding is bounded by
+//! a [`Semaphore`] shared by every worker of a server (one permit per core
+//! by default): a worker holds a permit only while a job decodes.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use decoder_core::ctrl::{Codec, ControlValues};
+use parking_lot::{Condvar, Mutex};
+use rustix::io::Errno;
+
+use crate::backend::{Backend, DecodeError, DecodeOutcome, JobFlags, JobInput};
+use crate::buffers::{CaptureLayout, RegisteredBuffer};
+use crate::reply::{Outbox, Reply};
+
+/// Counting semaphore bounding concurrent decodes.
+#[derive(Debug)]
+pub struct Semaphore {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Semaphore {
+    /// A semaphore with `n` permits (at least one).
+    pub fn new(n: usize) -> Self {
+        Semaphore {
+            free: Mutex::new(n.max(1)),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Waits for a permit.
+    pub fn acquire(&self) -> Permit<'_> {
+        let mut free = self.free.lock();
+        while *free == 0 {
+            self.cv.wait(&mut free);
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+/// A held permit, returned when dropped.
+#[derive(Debug)]
+pub struct Permit<'a>(&'a Semaphore);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock() += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// errno reported for a backend error.
+pub fn decode_errno(e: &DecodeError) -> i32 {
+    match e {
+        DecodeError::Unsupported(_) => Errno::OPNOTSUPP,
+        DecodeError::InvalidControls(_) | DecodeError::FormatMismatch(_) => Errno::INVAL,
+        DecodeError::Corrupt(_) => Errno::BADMSG,
+        DecodeError::MissingReference(_) => Errno::NODATA,
+        DecodeError::WaitingForKeyframe => Errno::AGAIN,
+        DecodeError::CaptureTooSmall => Errno::NOSPC,
+        DecodeError::Internal(_) => Errno::IO,
+    }
+    .raw_os_error()
+}
+
+/// A job waiting for, or running on, its context's worker.
+pub(crate) struct PendingJob {
+    pub reply: Reply,
+    pub timestamp: u64,
+    pub bytesused: u32,
+    pub flags: JobFlags,
+    pub controls: ControlValues,
+    pub references: Vec<u64>,
+    pub output: Arc<RegisteredBuffer>,
+    pub capture: Arc<RegisteredBuffer>,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<PendingJob>,
+    /// Cookie and cancel flag of the job the worker took.
+    running: Option<(u64, Arc<AtomicBool>)>,
+    closing: bool,
+}
+
+/// The queue between a context's reader side and its worker.
+pub(crate) struct CtxQueue {
+    q: Mutex<Queue>,
+    cv: Condvar,
+}
+
+/// What a cancel found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelOutcome {
+    /// Removed from the queue and answered ECANCELED.
+    Dequeued,
+    /// Running: it will be answered when it ends (or ECANCELED if it had
+    /// not started decoding).
+    Running,
+    /// No such job (already answered).
+    Unknown,
+}
+
+impl CtxQueue {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(CtxQueue {
+            q: Mutex::new(Queue::default()),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Appends a job; after `close` the job is answered ECANCELED at once.
+    pub(crate) fn push(&self, job: PendingJob) {
+        let mut q = self.q.lock();
+        if q.closing {
+            drop(q);
+            job.reply.error(Errno::CANCELED.raw_os_error());
+            return;
+        }
+        q.jobs.push_back(job);
+        drop(q);
+        self.cv.notify_one();
+    }
+
+    pub(crate) fn cancel(&self, cookie: u64) -> CancelOutcome {
+        let mut q = self.q.lock();
+        if let Some(pos) = q.jobs.iter().position(|j| j.reply.cookie() == cookie) {
+            let job = q.jobs.remove(pos);
+            drop(q);
+            if let Some(job) = job {
+                job.reply.error(Errno::CANCELED.raw_os_error());
+            }
+            return CancelOutcome::Dequeued;
+        }
+        match &q.running {
+            Some((c, flag)) if *c == cookie => {
+                flag.store(true, Ordering::SeqCst);
+                CancelOutcome::Running
+            }
+            _ => CancelOutcome::Unknown,
+        }
+    }
+
+    /// Stops the worker after its current job; queued jobs are answered
+    /// ECANCELED.
+    pub(crate) fn close(&self) {
+        let drained: Vec<PendingJob> = {
+            let mut q = self.q.lock();
+            q.closing = true;
+            if let Some((_, flag)) = &q.running {
+                flag.store(true, Ordering::SeqCst);
+            }
+            q.jobs.drain(..).collect()
+        };
+        self.cv.notify_all();
+        for j in drained {
+            j.reply.error(Errno::CANCELED.raw_os_error());
+        }
+    }
+
+    fn next(&self) -> Option<PendingJob> {
+        let mut q = self.q.lock();
+        q.running = None;
+        loop {
+            if q.closing {
+                return None;
+            }
+            if let Some(j) = q.jobs.pop_front() {
+                q.running = Some((j.reply.cookie(), j.cancelled.clone()));
+                return Some(j);
+            }
+            self.cv.wait(&mut q);
+        }
+    }
+}
+
+/// How the worker creates its backend.
+pub type BackendFactory = Arc<dyn Fn(Codec) -> Result<Box<dyn Backend>, DecodeError> + Send + Sync>;
+
+pub(crate) struct WorkerArgs {
+    pub ctx_id: u32,
+    pub codec: Codec,
+    pub layout: CaptureLayout,
+    pub queue: Arc<CtxQueue>,
+    pub factory: BackendFactory,
+    pub permits: Arc<Semaphore>,
+    pub out: Arc<Outbox>,
+}
+
+/// The worker thread's body.
+pub(crate) fn run(a: WorkerArgs) {
+    let span = tracing::info_span!("ctx", ctx = a.ctx_id, codec = ?a.codec);
+    let _e = span.enter();
+    let mut backend = match catch_unwind(AssertUnwindSafe(|| (a.factory)(a.codec))) {
+        Ok(Ok(b)) => {
+            tracing::debug!(backend = b.name(), "session opened");
+            Ok(b)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("no backend: {e}");
+            let errno = match e {
+                DecodeError::Unsupported(_) => Errno::OPNOTSUPP.raw_os_error(),
+                e => decode_errno(&e),
+            };
+            a.out.ctx_status(a.ctx_id, errno);
+            Err(errno)
+        }
+        Err(_) => {
+            tracing::error!("backend constructor panicked");
+            a.out.ctx_status(a.ctx_id, Errno::IO.raw_os_error());
+            Err(Errno::IO.raw_os_error())
+        }
+    };
+    while let Some(job) = a.queue.next() {
+        let b = match &mut backend {
+            Ok(b) => b,
+            Err(errno) => {
+                job.reply.error(*errno);
+                continue;
+            }
+        };
+        let permit = a.permits.acquire();
+        if job.cancelled.load(Ordering::SeqCst) {
+            job.reply.error(Errno::CANCELED.raw_os_error());
+            continue;
+        }
+        let cookie = job.reply.cookie();
+        let span = tracing::info_span!("job", ctx = a.ctx_id, cookie);
+        let _j = span.enter();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            decode_one(b.as_mut(), a.codec, &a.layout, &job)
+        }));
+        drop(permit);
+        match r {
+            // The backend API does not report key frames or concealment
+            // yet, so no DV_RESULT_* flag is set.
+            Ok(Ok(DecodeOutcome::Decoded)) => {
+                job.reply.done(a.layout.bytesused(&job.capture), 0);
+            }
+            Ok(Ok(DecodeOutcome::Held)) => job.reply.done([0; 4], 0),
+            Ok(Err(errno)) => job.reply.error(errno),
+            Err(_) => {
+                // The backend's state is unknown after a panic: retire it.
+                tracing::error!("backend panicked; context disabled");
+                job.reply.error(Errno::IO.raw_os_error());
+                a.out.ctx_status(a.ctx_id, Errno::IO.raw_os_error());
+                backend = Err(Errno::IO.raw_os_error());
+            }
+        }
+    }
+    tracing::debug!("worker done");
+}
+
+fn decode_one(
+    backend: &mut dyn Backend,
+    codec: Codec,
+    layout: &CaptureLayout,
+    job: &PendingJob,
+) -> Result<DecodeOutcome, i32> {
+    let input = job.output.read().map_err(|e| e.errno())?;
+    let bitstream = input.bitstream(job.bytesused).map_err(|e| {
+        tracing::warn!("{e}");
+        e.errno()
+    })?;
+    let mut cap = job.capture.write().map_err(|e| e.errno())?;
+    let mut target = layout.target(cap.planes_mut()).map_err(|e| {
+        tracing::warn!("{e}");
+        e.errno()
+    })?;
+    let input = JobInput {
+        codec,
+        controls: &job.controls,
+        bitstream,
+        timestamp: job.timestamp,
+        flags: job.flags,
+        references: &job.references,
+    };
+    match backend.decode(&input, &mut target) {
+        Ok(o) => Ok(o),
+        Err(e) => {
+            tracing::info!("decode failed: {e}");
+            Err(decode_errno(&e))
+        }
+    }
+}
