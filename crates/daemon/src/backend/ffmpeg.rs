@@ -356,12 +356,22 @@ impl FfmpegH264 {
         let data = job.bitstream;
         match mode {
             V4l2StatelessH264StartCode::AnnexB => {
-                if nal::first_nal(data).is_none() {
+                // Only slices go to libavcodec: parameter sets come from the
+                // controls, and an in-band SPS/PPS (or any other NAL unit a
+                // client left in) must not override them.
+                let mut slices = 0;
+                for unit in nal::annexb_units(data) {
+                    if matches!(unit.first().map(|h| h & 0x1f), Some(1 | 5)) {
+                        self.pending.extend_from_slice(&START_CODE);
+                        self.pending.extend_from_slice(unit);
+                        slices += 1;
+                    }
+                }
+                if slices == 0 {
                     return Err(DecodeError::InvalidControls(
-                        "START_CODE is Annex B but the buffer has no start code".into(),
+                        "START_CODE is Annex B but the buffer has no slice NAL unit".into(),
                     ));
                 }
-                self.pending.extend_from_slice(data);
             }
             V4l2StatelessH264StartCode::None => {
                 if data.is_empty() {
@@ -609,6 +619,28 @@ pub mod nal {
         out
     }
 
+    /// The NAL units of an Annex B buffer, without start codes (and without
+    /// the zero bytes that precede the next start code).
+    pub fn annexb_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+        let find = |from: usize| {
+            data.get(from..)?
+                .windows(3)
+                .position(|w| w == [0, 0, 1])
+                .map(|p| from + p)
+        };
+        let mut next = find(0);
+        std::iter::from_fn(move || {
+            let start = next? + 3;
+            next = find(start);
+            let mut end = next.unwrap_or(data.len());
+            while end > start && data[end - 1] == 0 {
+                end -= 1;
+            }
+            Some(&data[start..end])
+        })
+        .filter(|u| !u.is_empty())
+    }
+
     /// Header byte of the first NAL unit of an Annex B buffer.
     pub fn first_nal(data: &[u8]) -> Option<u8> {
         let i = data.windows(3).position(|w| w == [0, 0, 1])?;
@@ -802,6 +834,17 @@ pub mod nal {
                 n,
                 vec![0, 0, 0, 1, 0x67, 0, 0, 3, 1, 0, 0, 3, 0, 0, 3, 0, 3, 5]
             );
+        }
+
+        #[test]
+        fn annexb_splitting() {
+            let data = [
+                9, 0, 0, 1, 0x65, 1, 0, 0, 0, 0, 1, 0x41, 2, 0, 0, 1, 0, 0, 1,
+            ];
+            let units: Vec<&[u8]> = annexb_units(&data).collect();
+            assert_eq!(units, vec![&[0x65, 1][..], &[0x41, 2][..]]);
+            assert_eq!(annexb_units(&[1, 2, 3]).count(), 0);
+            assert_eq!(first_nal(&data), Some(0x65));
         }
 
         #[test]
