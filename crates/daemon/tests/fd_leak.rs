@@ -41,7 +41,9 @@ fn session(end: &str) {
     assert!(f.pump_until(5 * SEC, |f| f.done(a).len() == 3 && f.done(b).len() == 1));
     assert!(f.done(s).is_empty());
     // The daemon maps the registered buffers (this is what must go away).
-    assert!(test_mappings() >= 3 + 3 + 2 + 1, "{}", test_mappings());
+    // a: 3 OUTPUT + 3 CAPTURE, b and s: 1 + 1 each (u has no session).
+    let mapped = test_mappings();
+    assert!(mapped >= 10, "{mapped} mappings");
     match end {
         "disconnect" => {
             drop(f);
