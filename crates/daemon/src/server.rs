@@ -13,7 +13,7 @@
 //! 3. `BufRegister` maps a buffer's memory, `BufUnregister` unmaps it.
 //! 4. `Decode` resolves its buffers and controls and queues the job on its
 //!    context's worker, which runs jobs in order. Every job is answered
-//!    exactly once with a `Result` ([`Reply`](crate::reply::Reply)).
+//!    exactly once with a `Result` ([`Reply`]).
 //! 5. `Cancel` answers a queued job ECANCELED without decoding it; a running
 //!    job is answered when it ends.
 //! 6. `CtxClose` stops the context's worker after its current job and
@@ -26,22 +26,24 @@
 //!
 //! # Embedding
 //!
-//! ```no_run
-//! use std::sync::Arc;
-//! use daedalus_daemon::server::{Server, ServerConfig};
-//! use daedalus_daemon::transport::{SeqPacket, Shutdown};
+//! [`EmbeddedDaemon::spawn`] runs a server on a thread over one end of a
+//! socketpair and returns the other end for the in-process frontend:
 //!
-//! let (daemon_end, frontend_end) = SeqPacket::pair()?;
-//! let shutdown = Shutdown::new()?;
-//! let server = Server::new(ServerConfig::default());
-//! let sd = shutdown.clone();
-//! let daemon = std::thread::spawn(move || server.serve(Arc::new(daemon_end), &sd));
-//! // ... hand `frontend_end` to the frontend, run, then:
-//! shutdown.trigger();
-//! let end = daemon.join().expect("daemon thread");
-//! # drop(frontend_end); let _ = end;
+//! ```no_run
+//! use daedalus_daemon::server::{EmbeddedDaemon, ServerConfig};
+//!
+//! let (daemon, frontend_end) = EmbeddedDaemon::spawn(ServerConfig::default())?;
+//! // The frontend calls `Device::daemon_attach`, sends `poll_transmit()`
+//! // datagrams (with buffer memfds) on `frontend_end` and feeds what it
+//! // receives to `Device::daemon_receive`.
+//! # drop(frontend_end);
+//! let end = daemon.stop(); // or just drop it
+//! # let _ = end;
 //! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! [`Server::serve`] is the same thing on a transport and thread of the
+//! caller's choice.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -61,7 +63,7 @@ use rustix::io::Errno;
 use crate::backend::{self, JobFlags};
 use crate::buffers::{BufferError, CaptureLayout, RegisteredBuffer};
 use crate::reply::{Outbox, Reply};
-use crate::transport::{Shutdown, Transport, TransportError};
+use crate::transport::{SeqPacket, Shutdown, Transport, TransportError};
 use crate::worker::{self, CancelOutcome, CtxQueue, PendingJob, Semaphore, WorkerArgs};
 
 pub use crate::worker::BackendFactory;
@@ -177,6 +179,73 @@ impl Server {
         }
         s.teardown();
         r
+    }
+}
+
+/// A server serving one in-process connection on its own thread.
+///
+/// Dropping it (or [`EmbeddedDaemon::stop`]) triggers its shutdown latch and
+/// joins the thread, which releases every context, mapping and descriptor.
+#[derive(Debug)]
+pub struct EmbeddedDaemon {
+    shutdown: Shutdown,
+    thread: Option<JoinHandle<Result<SessionEnd, ServeError>>>,
+}
+
+impl EmbeddedDaemon {
+    /// Creates a `SOCK_SEQPACKET` socketpair, serves one end on a new thread
+    /// and returns the other end for the frontend.
+    pub fn spawn(cfg: ServerConfig) -> std::io::Result<(EmbeddedDaemon, SeqPacket)> {
+        let (daemon_end, frontend_end) = SeqPacket::pair()?;
+        let shutdown = Shutdown::new()?;
+        let server = Server::new(cfg);
+        let sd = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name("dv-daemon".into())
+            .spawn(move || server.serve(Arc::new(daemon_end), &sd))?;
+        Ok((
+            EmbeddedDaemon {
+                shutdown,
+                thread: Some(thread),
+            },
+            frontend_end,
+        ))
+    }
+
+    /// The latch that stops the server.
+    pub fn shutdown_latch(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// True once the server returned (the frontend closed its end or broke
+    /// the protocol).
+    pub fn is_finished(&self) -> bool {
+        match &self.thread {
+            Some(t) => t.is_finished(),
+            None => true,
+        }
+    }
+
+    /// Stops the server and returns how its connection ended.
+    pub fn stop(mut self) -> Result<SessionEnd, ServeError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<SessionEnd, ServeError> {
+        self.shutdown.trigger();
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(unexpected("the server thread panicked")),
+            None => Ok(SessionEnd::Shutdown),
+        }
+    }
+}
+
+impl Drop for EmbeddedDaemon {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::debug!("embedded daemon: {e}");
+        }
     }
 }
 

@@ -580,3 +580,40 @@ fn a_device_sees_the_daemon_go_away_on_garbage() {
     assert_eq!(f.dev.link(), Link::Detached);
     assert!(join_timeout(t, 5 * SEC).is_err());
 }
+
+#[test]
+fn embedded_daemon_serves_and_stops() {
+    use daedalus_daemon::server::{EmbeddedDaemon, ServerConfig};
+    let log = std::sync::Arc::new(Log::default());
+    let cfg = ServerConfig {
+        threads: 1,
+        backends: factory(log.clone(), Duration::ZERO),
+        ..ServerConfig::default()
+    };
+    let (d, sock) = EmbeddedDaemon::spawn(cfg).unwrap();
+    let mut f = Frontend::new(sock);
+    f.attach();
+    let c = f.context(fmt::PIX_FMT_H264_SLICE, 1);
+    f.queue_output(c, 0, 5, &[0x33, 0x44]);
+    assert!(f.pump_until(5 * SEC, |f| f.done(c).len() == 1));
+    assert_eq!(f.capture_bytes(c, 0), (0x33, 0x44));
+    assert!(!d.is_finished());
+    assert!(matches!(d.stop(), Ok(SessionEnd::Shutdown)));
+    assert!(recv_timeout(&f.sock, 5 * SEC).is_err());
+    assert_eq!(log.sessions.load(Ordering::SeqCst), 0);
+
+    // The frontend leaving ends it too; dropping it then just joins.
+    let (d, sock) = EmbeddedDaemon::spawn(ServerConfig {
+        threads: 1,
+        backends: factory(log.clone(), Duration::ZERO),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    drop(sock);
+    let start = Instant::now();
+    while !d.is_finished() {
+        assert!(start.elapsed() < 5 * SEC);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(d);
+}
