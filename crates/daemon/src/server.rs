@@ -9,7 +9,9 @@
 //! 2. `CtxOpen` creates a context: its formats are checked at once (an
 //!    unusable format is reported with `CtxStatus` and every job of the
 //!    context fails), and a worker thread opens a backend session for the
-//!    codec (failure: `CtxStatus` too).
+//!    codec (failure: `CtxStatus` too). A `CtxOpen` of an open context (the
+//!    frontend re-opens after a format change) replaces its session and keeps
+//!    its registered buffers.
 //! 3. `BufRegister` maps a buffer's memory, `BufUnregister` unmaps it.
 //! 4. `Decode` resolves its buffers and controls and queues the job on its
 //!    context's worker, which runs jobs in order. Every job is answered
@@ -249,17 +251,24 @@ impl Drop for EmbeddedDaemon {
     }
 }
 
-enum CtxEntry {
-    /// Formats unusable: every job fails with this errno.
-    Failed(i32),
-    Live(LiveCtx),
+/// A context of the connection.
+struct Ctx {
+    /// Registered buffers by (`DV_QUEUE_*`, index). They outlive a re-open
+    /// of the context (the frontend sends `CtxOpen` again after a format
+    /// change and keeps the registrations it did not withdraw).
+    buffers: HashMap<(u32, u32), Arc<RegisteredBuffer>>,
+    session: CtxSession,
 }
 
-struct LiveCtx {
-    codec: Codec,
-    queue: Arc<CtxQueue>,
-    worker: JoinHandle<()>,
-    buffers: HashMap<(u32, u32), Arc<RegisteredBuffer>>,
+enum CtxSession {
+    /// Formats unusable: every job fails with this errno.
+    Failed(i32),
+    /// A worker serves the context.
+    Live {
+        codec: Codec,
+        queue: Arc<CtxQueue>,
+        worker: JoinHandle<()>,
+    },
 }
 
 struct Session<'a> {
@@ -269,7 +278,7 @@ struct Session<'a> {
     out: Arc<Outbox>,
     /// Agreed features once the handshake is done.
     agreed: Option<u64>,
-    ctxs: HashMap<u32, CtxEntry>,
+    ctxs: HashMap<u32, Ctx>,
     /// Workers of closed contexts, still finishing their current job.
     retired: Vec<JoinHandle<()>>,
 }
@@ -313,14 +322,14 @@ impl Session<'_> {
             Message::CtxOpen(o) => self.ctx_open(o),
             Message::CtxClose(c) => {
                 match self.ctxs.remove(&c.ctx_id) {
-                    Some(e) => self.close_entry(e),
+                    Some(e) => self.end_session(e.session),
                     None => tracing::debug!(ctx = c.ctx_id, "close of an unknown context"),
                 }
                 Ok(())
             }
             Message::BufRegister(r) => self.buf_register(r, fds),
             Message::BufUnregister(u) => {
-                if let Some(CtxEntry::Live(c)) = self.ctxs.get_mut(&u.ctx_id) {
+                if let Some(c) = self.ctxs.get_mut(&u.ctx_id) {
                     c.buffers.remove(&(u.queue, u.index));
                 }
                 Ok(())
@@ -331,7 +340,10 @@ impl Session<'_> {
             }
             Message::Cancel(c) => {
                 let outcome = match self.ctxs.get(&c.ctx_id) {
-                    Some(CtxEntry::Live(l)) => l.queue.cancel(c.cookie),
+                    Some(Ctx {
+                        session: CtxSession::Live { queue, .. },
+                        ..
+                    }) => queue.cancel(c.cookie),
                     _ => CancelOutcome::Unknown,
                 };
                 tracing::debug!(ctx = c.ctx_id, cookie = c.cookie, ?outcome, "cancel");
@@ -379,22 +391,33 @@ impl Session<'_> {
     }
 
     fn ctx_open(&mut self, o: proto::CtxOpen) -> Result<(), ServeError> {
-        if self.ctxs.contains_key(&o.ctx_id) {
-            return Err(unexpected(format!("context {} opened twice", o.ctx_id)));
-        }
-        // `proto::decode` already refused unknown codec values.
-        let codec = Codec::from_wire(o.codec).ok_or_else(|| unexpected("codec"))?;
-        let layout = if fmt::codec_of(o.coded_fourcc) == Some(codec) {
-            CaptureLayout::from_ctx_open(&o)
-        } else {
-            None
+        // Opening an open context again (after S_FMT) replaces its session:
+        // queued jobs are cancelled, the buffers stay registered.
+        let buffers = match self.ctxs.remove(&o.ctx_id) {
+            Some(old) => {
+                tracing::info!(ctx = o.ctx_id, "context re-opened");
+                self.end_session(old.session);
+                old.buffers
+            }
+            None => HashMap::new(),
         };
-        let Some(layout) = layout else {
-            tracing::warn!(ctx = o.ctx_id, ?codec, "unsupported formats {o:?}");
+        let session = self.open_session(&o);
+        self.ctxs.insert(o.ctx_id, Ctx { buffers, session });
+        Ok(())
+    }
+
+    fn open_session(&mut self, o: &proto::CtxOpen) -> CtxSession {
+        // `proto::decode` already refused unknown codec values.
+        let codec = Codec::from_wire(o.codec);
+        let layout = match codec {
+            Some(c) if fmt::codec_of(o.coded_fourcc) == Some(c) => CaptureLayout::from_ctx_open(o),
+            _ => None,
+        };
+        let (Some(codec), Some(layout)) = (codec, layout) else {
+            tracing::warn!(ctx = o.ctx_id, "unsupported formats {o:?}");
             let errno = Errno::INVAL.raw_os_error();
             self.out.ctx_status(o.ctx_id, errno);
-            self.ctxs.insert(o.ctx_id, CtxEntry::Failed(errno));
-            return Ok(());
+            return CtxSession::Failed(errno);
         };
         tracing::info!(
             ctx = o.ctx_id,
@@ -417,31 +440,24 @@ impl Session<'_> {
             .name(format!("dv-ctx-{}", o.ctx_id))
             .spawn(move || worker::run(args));
         match worker {
-            Ok(worker) => {
-                self.ctxs.insert(
-                    o.ctx_id,
-                    CtxEntry::Live(LiveCtx {
-                        codec,
-                        queue,
-                        worker,
-                        buffers: HashMap::new(),
-                    }),
-                );
-            }
+            Ok(worker) => CtxSession::Live {
+                codec,
+                queue,
+                worker,
+            },
             Err(e) => {
                 tracing::error!(ctx = o.ctx_id, "cannot start a worker: {e}");
                 let errno = e.raw_os_error().unwrap_or(Errno::AGAIN.raw_os_error());
                 self.out.ctx_status(o.ctx_id, errno);
-                self.ctxs.insert(o.ctx_id, CtxEntry::Failed(errno));
+                CtxSession::Failed(errno)
             }
         }
-        Ok(())
     }
 
     fn buf_register(&mut self, r: proto::BufRegister, fds: Vec<OwnedFd>) -> Result<(), ServeError> {
-        let Some(CtxEntry::Live(c)) = self.ctxs.get_mut(&r.ctx_id) else {
-            // Unknown or failed context: the descriptors are closed here.
-            tracing::debug!(ctx = r.ctx_id, "buffer of a context without a session");
+        let Some(c) = self.ctxs.get_mut(&r.ctx_id) else {
+            // Unknown context: the descriptors are closed here.
+            tracing::debug!(ctx = r.ctx_id, "buffer of an unknown context");
             return Ok(());
         };
         let key = (r.queue, r.index);
@@ -470,15 +486,15 @@ impl Session<'_> {
 
     fn decode(&mut self, job: proto::DecodeJob, ctrls: &[proto::WireCtrl<'_>]) {
         let reply = Reply::new(self.out.clone(), job.ctx_id, job.cookie);
-        let c = match self.ctxs.get(&job.ctx_id) {
-            Some(CtxEntry::Live(c)) => c,
-            Some(CtxEntry::Failed(errno)) => return reply.error(*errno),
-            None => {
-                // Closed (jobs may still be in flight towards us) or never
-                // opened: answer, so the frontend can complete it.
-                tracing::debug!(ctx = job.ctx_id, cookie = job.cookie, "job of no context");
-                return reply.error(Errno::BADF.raw_os_error());
-            }
+        let Some(c) = self.ctxs.get(&job.ctx_id) else {
+            // Closed (jobs may still be in flight towards us) or never
+            // opened: answer, so the frontend can complete it.
+            tracing::debug!(ctx = job.ctx_id, cookie = job.cookie, "job of no context");
+            return reply.error(Errno::BADF.raw_os_error());
+        };
+        let (codec, queue) = match &c.session {
+            CtxSession::Live { codec, queue, .. } => (*codec, queue),
+            CtxSession::Failed(errno) => return reply.error(*errno),
         };
         let (Some(output), Some(capture)) = (
             c.buffers.get(&(DV_QUEUE_OUTPUT, job.output_index)),
@@ -493,7 +509,7 @@ impl Session<'_> {
             );
             return reply.error(Errno::INVAL.raw_os_error());
         };
-        let controls = match job_controls(c.codec, ctrls) {
+        let controls = match job_controls(codec, ctrls) {
             Ok(v) => v,
             Err((id, e)) => {
                 tracing::warn!(
@@ -505,7 +521,7 @@ impl Session<'_> {
             }
         };
         let n = (job.num_refs as usize).min(job.refs.len());
-        c.queue.push(PendingJob {
+        queue.push(PendingJob {
             reply,
             timestamp: job.timestamp,
             bytesused: job.bytesused,
@@ -521,19 +537,20 @@ impl Session<'_> {
         });
     }
 
-    fn close_entry(&mut self, e: CtxEntry) {
-        if let CtxEntry::Live(c) = e {
-            c.queue.close();
-            self.retired.push(c.worker);
-            // `c.buffers` drops here; running jobs keep their own buffers.
+    /// Stops a session's worker after its current job (queued jobs are
+    /// answered ECANCELED). Running jobs keep their own buffer references.
+    fn end_session(&mut self, s: CtxSession) {
+        if let CtxSession::Live { queue, worker, .. } = s {
+            queue.close();
+            self.retired.push(worker);
         }
     }
 
     fn teardown(&mut self) {
         let ids: Vec<u32> = self.ctxs.keys().copied().collect();
         for id in ids {
-            if let Some(e) = self.ctxs.remove(&id) {
-                self.close_entry(e);
+            if let Some(c) = self.ctxs.remove(&id) {
+                self.end_session(c.session);
             }
         }
         let deadline = Instant::now() + self.cfg.close_timeout;

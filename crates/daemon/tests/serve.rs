@@ -617,3 +617,47 @@ fn embedded_daemon_serves_and_stops() {
     }
     drop(d);
 }
+
+#[test]
+fn a_context_reopened_after_s_fmt_keeps_its_output_buffers() {
+    use decoder_core::state::Memory;
+    let (t, sd, sock, log) = spawn_server(2, Duration::ZERO);
+    let mut f = Frontend::new(sock);
+    f.attach();
+    let c = f.context(fmt::PIX_FMT_H264_SLICE, 1);
+    f.queue_output(c, 0, 1000, &[1, 2]);
+    assert!(f.pump_until(5 * SEC, |f| f.done(c).len() == 1));
+    assert_eq!(f.opens.len(), 1);
+    // The client switches CAPTURE to NV12M: STREAMOFF, REQBUFS(0), S_FMT,
+    // REQBUFS, STREAMON. The OUTPUT buffer stays registered.
+    f.dev.dqbuf(c, Queue::Output).unwrap();
+    f.dev.streamoff(c, Queue::Capture, f.now).unwrap();
+    f.dev.reqbufs(c, Queue::Capture, Memory::Mmap, 0).unwrap();
+    let want = fmt::try_decoded(fmt::PIX_FMT_NV12M, 64, 48);
+    f.dev.set_format(c, Queue::Capture, want).unwrap();
+    f.dev.reqbufs(c, Queue::Capture, Memory::Mmap, 1).unwrap();
+    f.alloc(c, Queue::Capture, 1);
+    f.dev.streamon(c, Queue::Capture, f.now).unwrap();
+    f.queue_capture(c, 0);
+    f.queue_output(c, 0, 2000, &[5, 6]);
+    assert!(f.pump_until(5 * SEC, |f| f.done(c).len() == 2));
+    assert!(f.done(c)[1].1, "{:?}", f.results);
+    assert_eq!(f.opens.len(), 2);
+    assert_eq!(f.opens[1].num_planes, 2);
+    let mut b = [0u8];
+    let planes = &f.mem[&(c, Queue::Capture, 0)];
+    rustix::io::pread(&planes[0], &mut b, 0).unwrap();
+    assert_eq!(b[0], 5);
+    rustix::io::pread(&planes[1], &mut b, 0).unwrap();
+    assert_eq!(b[0], 6);
+    let r = f.result_of(f.sent[1].cookie).unwrap();
+    assert_eq!(r.bytesused[..2], [64 * 48, 64 * 48 / 2]);
+    // Two sessions were opened, the first one goes away.
+    let start = Instant::now();
+    while log.sessions.load(Ordering::SeqCst) != 1 {
+        assert!(start.elapsed() < 5 * SEC);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    sd.trigger();
+    assert!(matches!(join_timeout(t, 5 * SEC), Ok(SessionEnd::Shutdown)));
+}

@@ -202,6 +202,7 @@ pub struct Frontend {
     pub mem: HashMap<(CtxId, Queue, u32), Vec<OwnedFd>>,
     pub sent: Vec<SentJob>,
     pub cancels: Vec<u64>,
+    pub opens: Vec<proto::CtxOpen>,
     pub results: Vec<proto::JobResult>,
     pub statuses: Vec<proto::CtxStatus>,
     pub hello_reply: Option<proto::Hello>,
@@ -222,6 +223,7 @@ impl Frontend {
             mem: HashMap::new(),
             sent: Vec::new(),
             cancels: Vec::new(),
+            opens: Vec::new(),
             results: Vec::new(),
             statuses: Vec::new(),
             hello_reply: None,
@@ -257,6 +259,7 @@ impl Frontend {
                     capture: j.capture_index,
                 }),
                 Message::Cancel(c) => self.cancels.push(c.cookie),
+                Message::CtxOpen(o) => self.opens.push(o),
                 _ => {}
             }
             let fds: Vec<BorrowedFd<'_>> = match o.fds {
@@ -323,19 +326,24 @@ impl Frontend {
         self.dev.set_format(c, Queue::Output, want).unwrap();
         for q in [Queue::Output, Queue::Capture] {
             assert_eq!(self.dev.reqbufs(c, q, Memory::Mmap, n), Ok(n));
-            for i in 0..n {
-                let info = self.dev.buffer(c, q, i).unwrap();
-                let planes = (0..info.num_planes as usize)
-                    .map(|p| memfd(u64::from(info.length[p])))
-                    .collect();
-                self.mem.insert((c, q, i), planes);
-            }
+            self.alloc(c, q, n);
             self.dev.streamon(c, q, self.now).unwrap();
         }
         for i in 0..n {
             self.queue_capture(c, i);
         }
         c
+    }
+
+    /// (Re)allocates the memory of `n` buffers of a queue.
+    pub fn alloc(&mut self, c: CtxId, q: Queue, n: u32) {
+        for i in 0..n {
+            let info = self.dev.buffer(c, q, i).unwrap();
+            let planes = (0..info.num_planes as usize)
+                .map(|p| memfd(u64::from(info.length[p])))
+                .collect();
+            self.mem.insert((c, q, i), planes);
+        }
     }
 
     pub fn queue_capture(&mut self, c: CtxId, i: u32) {
