@@ -15,7 +15,11 @@ use std::collections::BTreeMap;
 
 use decoder_core::ctrl::{Codec, ControlValues};
 
+pub mod av1;
 pub mod h264;
+pub mod ivf;
+
+pub use ivf::{FrameEvent, FrameStreamParser};
 
 /// Why parsing a stream failed.
 #[derive(Debug, thiserror::Error)]

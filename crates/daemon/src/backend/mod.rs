@@ -14,6 +14,7 @@
 use decoder_core::ctrl::{Codec, ControlValues};
 use decoder_core::fmt::{PIX_FMT_NV12, PIX_FMT_NV12M, PIX_FMT_P010};
 
+pub mod dav1d;
 pub mod ffmpeg;
 
 /// Per-job flags, from the OUTPUT buffer and the request.
@@ -241,6 +242,7 @@ pub trait Backend: Send {
 pub fn open(codec: Codec) -> Result<Box<dyn Backend>, DecodeError> {
     match codec {
         Codec::H264 => Ok(Box::new(ffmpeg::FfmpegH264::new()?)),
+        Codec::Av1 => Ok(Box::new(dav1d::Dav1dAv1::new()?)),
         other => Err(DecodeError::Unsupported(format!(
             "no built-in backend for {other:?} yet"
         ))),

@@ -1,0 +1,851 @@
+//! AV1 backend on libdav1d (1.0 API), with hand-written bindings.
+//!
+//! One dav1d context per session, set up so that each job's picture comes
+//! out of the job itself, in decode order: `max_frame_delay = 1` (no frame
+//! pipelining), `output_invisible_frames = 1` (hidden frames such as
+//! alt-refs are output too: their CAPTURE buffer is what a later
+//! `show_existing_frame` displays), `apply_grain = 1` (film grain is applied
+//! to the output, as FFmpeg's libdav1d decoder does by default; since the
+//! grain depends only on the frame's own parameters and seed, a frame shown
+//! later through `show_existing_frame` looks exactly like its CAPTURE
+//! buffer).
+//!
+//! OUTPUT buffer: the frame's OBUs (low-overhead syntax with size fields,
+//! possibly with a sequence header), or, as GStreamer queues it, the bare
+//! payload of one `OBU_FRAME` (frame header and tile group without the OBU
+//! header); the latter is wrapped in an OBU header here. When the buffer
+//! carries no sequence header and the session's sequence control changed
+//! (or dav1d never saw one), a sequence header OBU is synthesized from
+//! `V4L2_CID_STATELESS_AV1_SEQUENCE` (see [`sequence_header_obu`] for what
+//! the control cannot express).
+//!
+//! dav1d keeps its own eight reference slots. The backend tracks which job
+//! fills each slot (from `refresh_frame_flags`) and checks every reference
+//! the frame control names against them; a `show_existing_frame` of a key
+//! frame (which refreshes every slot but never reaches the daemon as a job)
+//! is replayed to dav1d as a synthesized frame header.
+//!
+//! All dav1d FFI of the daemon is in this module.
+
+use std::ffi::{c_int, CStr};
+use std::ptr;
+
+use decoder_core::ctrl::av1::{
+    V4l2CtrlAv1Frame, V4l2CtrlAv1Sequence, V4L2_AV1_KEY_FRAME, V4L2_AV1_SEQUENCE_FLAG_COLOR_RANGE,
+    V4L2_AV1_SEQUENCE_FLAG_ENABLE_CDEF, V4L2_AV1_SEQUENCE_FLAG_ENABLE_DUAL_FILTER,
+    V4L2_AV1_SEQUENCE_FLAG_ENABLE_FILTER_INTRA, V4L2_AV1_SEQUENCE_FLAG_ENABLE_INTERINTRA_COMPOUND,
+    V4L2_AV1_SEQUENCE_FLAG_ENABLE_INTRA_EDGE_FILTER, V4L2_AV1_SEQUENCE_FLAG_ENABLE_JNT_COMP,
+    V4L2_AV1_SEQUENCE_FLAG_ENABLE_MASKED_COMPOUND, V4L2_AV1_SEQUENCE_FLAG_ENABLE_ORDER_HINT,
+    V4L2_AV1_SEQUENCE_FLAG_ENABLE_REF_FRAME_MVS, V4L2_AV1_SEQUENCE_FLAG_ENABLE_RESTORATION,
+    V4L2_AV1_SEQUENCE_FLAG_ENABLE_SUPERRES, V4L2_AV1_SEQUENCE_FLAG_ENABLE_WARPED_MOTION,
+    V4L2_AV1_SEQUENCE_FLAG_FILM_GRAIN_PARAMS_PRESENT, V4L2_AV1_SEQUENCE_FLAG_MONO_CHROME,
+    V4L2_AV1_SEQUENCE_FLAG_SEPARATE_UV_DELTA_Q, V4L2_AV1_SEQUENCE_FLAG_STILL_PICTURE,
+    V4L2_AV1_SEQUENCE_FLAG_SUBSAMPLING_X, V4L2_AV1_SEQUENCE_FLAG_SUBSAMPLING_Y,
+    V4L2_AV1_SEQUENCE_FLAG_USE_128X128_SUPERBLOCK,
+};
+use decoder_core::ctrl::Codec;
+
+use super::{Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobInput};
+
+mod ffi {
+    //! The parts of `<dav1d/dav1d.h>` (dav1d 1.0, API 6) this backend uses.
+    #![allow(non_camel_case_types, missing_docs)]
+
+    use std::ffi::{c_char, c_int, c_uint, c_void};
+
+    #[repr(C)]
+    pub struct Dav1dUserData {
+        pub data: *const u8,
+        pub r#ref: *mut c_void,
+    }
+
+    #[repr(C)]
+    pub struct Dav1dDataProps {
+        pub timestamp: i64,
+        pub duration: i64,
+        pub offset: i64,
+        pub size: usize,
+        pub user_data: Dav1dUserData,
+    }
+
+    #[repr(C)]
+    pub struct Dav1dData {
+        pub data: *const u8,
+        pub sz: usize,
+        pub r#ref: *mut c_void,
+        pub m: Dav1dDataProps,
+    }
+
+    #[repr(C)]
+    pub struct Dav1dPictureParameters {
+        pub w: c_int,
+        pub h: c_int,
+        pub layout: c_int,
+        pub bpc: c_int,
+    }
+
+    #[repr(C)]
+    pub struct Dav1dPicture {
+        pub seq_hdr: *mut c_void,
+        pub frame_hdr: *mut c_void,
+        pub data: [*mut c_void; 3],
+        pub stride: [isize; 2],
+        pub p: Dav1dPictureParameters,
+        pub m: Dav1dDataProps,
+        pub content_light: *mut c_void,
+        pub mastering_display: *mut c_void,
+        pub itut_t35: *mut c_void,
+        pub reserved: [usize; 4],
+        pub frame_hdr_ref: *mut c_void,
+        pub seq_hdr_ref: *mut c_void,
+        pub content_light_ref: *mut c_void,
+        pub mastering_display_ref: *mut c_void,
+        pub itut_t35_ref: *mut c_void,
+        pub reserved_ref: [usize; 4],
+        pub r#ref: *mut c_void,
+        pub allocator_data: *mut c_void,
+    }
+
+    #[repr(C)]
+    pub struct Dav1dPicAllocator {
+        pub cookie: *mut c_void,
+        pub alloc_picture_callback:
+            Option<unsafe extern "C" fn(pic: *mut Dav1dPicture, cookie: *mut c_void) -> c_int>,
+        pub release_picture_callback:
+            Option<unsafe extern "C" fn(pic: *mut Dav1dPicture, cookie: *mut c_void)>,
+    }
+
+    #[repr(C)]
+    pub struct Dav1dLogger {
+        pub cookie: *mut c_void,
+        /// The last argument is a `va_list` (a pointer on x86_64 and
+        /// aarch64 as passed to a callee); we never install a callback.
+        pub callback:
+            Option<unsafe extern "C" fn(cookie: *mut c_void, fmt: *const c_char, ap: *mut c_void)>,
+    }
+
+    #[repr(C)]
+    pub struct Dav1dSettings {
+        pub n_threads: c_int,
+        pub max_frame_delay: c_int,
+        pub apply_grain: c_int,
+        pub operating_point: c_int,
+        pub all_layers: c_int,
+        pub frame_size_limit: c_uint,
+        pub allocator: Dav1dPicAllocator,
+        pub logger: Dav1dLogger,
+        pub strict_std_compliance: c_int,
+        pub output_invisible_frames: c_int,
+        pub inloop_filters: c_int,
+        pub reserved: [u8; 20],
+    }
+
+    /// Opaque decoder context.
+    #[repr(C)]
+    pub struct Dav1dContext {
+        _private: [u8; 0],
+    }
+
+    pub const DAV1D_PIXEL_LAYOUT_I400: c_int = 0;
+    pub const DAV1D_PIXEL_LAYOUT_I420: c_int = 1;
+
+    #[link(name = "dav1d")]
+    extern "C" {
+        pub fn dav1d_version() -> *const c_char;
+        pub fn dav1d_default_settings(s: *mut Dav1dSettings);
+        pub fn dav1d_open(c_out: *mut *mut Dav1dContext, s: *const Dav1dSettings) -> c_int;
+        pub fn dav1d_send_data(c: *mut Dav1dContext, data: *mut Dav1dData) -> c_int;
+        pub fn dav1d_get_picture(c: *mut Dav1dContext, out: *mut Dav1dPicture) -> c_int;
+        pub fn dav1d_close(c_out: *mut *mut Dav1dContext);
+        pub fn dav1d_flush(c: *mut Dav1dContext);
+        pub fn dav1d_picture_unref(p: *mut Dav1dPicture);
+        pub fn dav1d_data_create(data: *mut Dav1dData, sz: usize) -> *mut u8;
+        pub fn dav1d_data_unref(data: *mut Dav1dData);
+    }
+
+    // Layout checks against the dav1d 1.0.0 headers (x86_64 / aarch64).
+    #[cfg(target_pointer_width = "64")]
+    const _: () = {
+        assert!(std::mem::size_of::<Dav1dSettings>() == 96);
+        assert!(std::mem::offset_of!(Dav1dSettings, allocator) == 24);
+        assert!(std::mem::offset_of!(Dav1dSettings, logger) == 48);
+        assert!(std::mem::offset_of!(Dav1dSettings, output_invisible_frames) == 68);
+        assert!(std::mem::size_of::<Dav1dData>() == 72);
+        assert!(std::mem::size_of::<Dav1dDataProps>() == 48);
+        assert!(std::mem::size_of::<Dav1dPicture>() == 264);
+        assert!(std::mem::offset_of!(Dav1dPicture, p) == 56);
+        assert!(std::mem::offset_of!(Dav1dPicture, m) == 72);
+        assert!(std::mem::offset_of!(Dav1dPicture, r#ref) == 248);
+    };
+}
+
+/// `DAV1D_ERR(EAGAIN)`.
+const EAGAIN: c_int = -11;
+
+/// The libdav1d version string.
+pub fn version() -> String {
+    // SAFETY: dav1d_version returns a pointer to a static NUL-terminated
+    // string.
+    unsafe { CStr::from_ptr(ffi::dav1d_version()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Settings of a dav1d session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dav1dConfig {
+    /// dav1d worker threads (tile and post-filter threads with a frame
+    /// delay of 1). 1 by default: one job is in flight per session, and the
+    /// machine's cores are shared by every session.
+    pub n_threads: u32,
+    /// Apply film grain to the output (FFmpeg's default too).
+    pub apply_grain: bool,
+}
+
+impl Default for Dav1dConfig {
+    fn default() -> Self {
+        Self {
+            n_threads: 1,
+            apply_grain: true,
+        }
+    }
+}
+
+/// An AV1 decoding session on dav1d.
+pub struct Dav1dAv1 {
+    ctx: *mut ffi::Dav1dContext,
+    config: Dav1dConfig,
+    /// Job timestamp held by each of dav1d's reference slots.
+    slots: [Option<u64>; 8],
+    /// Timestamps of the key frames held in some slot.
+    key_frames: Vec<u64>,
+    /// The sequence control dav1d last got a sequence header for (from the
+    /// bitstream or synthesized).
+    seq_sent: Option<SeqKey>,
+    waiting_for_key: bool,
+}
+
+// SAFETY: a dav1d context has no thread affinity; it must only not be used
+// from two threads at once, which `&mut self` on every method guarantees.
+unsafe impl Send for Dav1dAv1 {}
+
+impl std::fmt::Debug for Dav1dAv1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dav1dAv1")
+            .field("config", &self.config)
+            .field("slots", &self.slots)
+            .field("waiting_for_key", &self.waiting_for_key)
+            .finish()
+    }
+}
+
+impl Drop for Dav1dAv1 {
+    fn drop(&mut self) {
+        // SAFETY: ctx came from dav1d_open and is closed once; dav1d_close
+        // sets it to NULL.
+        unsafe { ffi::dav1d_close(&mut self.ctx) };
+    }
+}
+
+/// A picture returned by dav1d, unreferenced on drop.
+struct Picture(ffi::Dav1dPicture);
+
+impl Drop for Picture {
+    fn drop(&mut self) {
+        // SAFETY: the picture was filled by dav1d_get_picture and is
+        // unreferenced exactly once.
+        unsafe { ffi::dav1d_picture_unref(&mut self.0) };
+    }
+}
+
+impl Dav1dAv1 {
+    /// A session with the default settings.
+    pub fn new() -> Result<Self, DecodeError> {
+        Self::with_config(Dav1dConfig::default())
+    }
+
+    /// A session with the given settings.
+    pub fn with_config(config: Dav1dConfig) -> Result<Self, DecodeError> {
+        // SAFETY: Dav1dSettings is plain data; an all-zero value is valid
+        // and is overwritten by dav1d_default_settings.
+        let mut s: ffi::Dav1dSettings = unsafe { std::mem::zeroed() };
+        // SAFETY: s is a valid, writable Dav1dSettings.
+        unsafe { ffi::dav1d_default_settings(&mut s) };
+        s.n_threads = config.n_threads.clamp(1, 256) as c_int;
+        s.max_frame_delay = 1;
+        s.apply_grain = c_int::from(config.apply_grain);
+        s.output_invisible_frames = 1;
+        s.all_layers = 0;
+        s.logger.callback = None;
+        let mut ctx = ptr::null_mut();
+        // SAFETY: ctx and s are valid pointers for the call; s is only read.
+        let r = unsafe { ffi::dav1d_open(&mut ctx, &s) };
+        if r < 0 || ctx.is_null() {
+            return Err(DecodeError::Internal(format!("dav1d_open failed ({r})")));
+        }
+        Ok(Self {
+            ctx,
+            config,
+            slots: [None; 8],
+            key_frames: Vec::new(),
+            seq_sent: None,
+            waiting_for_key: true,
+        })
+    }
+
+    /// Sends `bytes` (timestamped `ts`) and returns every picture dav1d
+    /// outputs for them.
+    fn feed(&mut self, bytes: &[u8], ts: u64) -> Result<Vec<Picture>, DecodeError> {
+        // SAFETY: Dav1dData is plain data; zero is its documented initial
+        // state.
+        let mut data: ffi::Dav1dData = unsafe { std::mem::zeroed() };
+        // SAFETY: data is valid; dav1d allocates bytes.len() bytes.
+        let buf = unsafe { ffi::dav1d_data_create(&mut data, bytes.len()) };
+        if buf.is_null() {
+            return Err(DecodeError::Internal("dav1d_data_create failed".into()));
+        }
+        // SAFETY: buf points to bytes.len() writable bytes owned by data.
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
+        data.m.timestamp = ts as i64;
+        let mut pics = Vec::new();
+        let mut err = None;
+        while data.sz > 0 {
+            // SAFETY: ctx is open; data is a valid Dav1dData owning its
+            // buffer.
+            let r = unsafe { ffi::dav1d_send_data(self.ctx, &mut data) };
+            if r == EAGAIN {
+                match self.get_picture()? {
+                    Some(p) => pics.push(p),
+                    None => {
+                        err = Some(DecodeError::Internal(
+                            "dav1d neither takes data nor outputs pictures".into(),
+                        ));
+                        break;
+                    }
+                }
+            } else if r < 0 {
+                err = Some(DecodeError::Corrupt(format!("dav1d_send_data: error {r}")));
+                break;
+            }
+        }
+        if data.sz > 0 {
+            // SAFETY: the data was not consumed and is still ours to release.
+            unsafe { ffi::dav1d_data_unref(&mut data) };
+        }
+        if let Some(e) = err {
+            return Err(e);
+        }
+        while let Some(p) = self.get_picture()? {
+            pics.push(p);
+        }
+        Ok(pics)
+    }
+
+    fn get_picture(&mut self) -> Result<Option<Picture>, DecodeError> {
+        // SAFETY: Dav1dPicture is plain data; zeroed is the expected input.
+        let mut pic: ffi::Dav1dPicture = unsafe { std::mem::zeroed() };
+        // SAFETY: ctx is open and pic writable.
+        let r = unsafe { ffi::dav1d_get_picture(self.ctx, &mut pic) };
+        if r == EAGAIN {
+            Ok(None)
+        } else if r < 0 {
+            Err(DecodeError::Corrupt(format!("dav1d_get_picture: error {r}")))
+        } else {
+            Ok(Some(Picture(pic)))
+        }
+    }
+
+    /// Replays a `show_existing_frame` of the key frame `ts` when the job's
+    /// reference slots say one happened (every slot holds `ts`) but dav1d's
+    /// slots do not.
+    fn replay_key_frame_show(&mut self, f: &V4l2CtrlAv1Frame) -> Result<(), DecodeError> {
+        let ts = f.reference_frame_ts[0];
+        if f.reference_frame_ts.iter().any(|t| *t != ts)
+            || self.slots.iter().all(|s| *s == Some(ts))
+            || !self.key_frames.contains(&ts)
+        {
+            return Ok(());
+        }
+        let Some(idx) = self.slots.iter().position(|s| *s == Some(ts)) else {
+            return Ok(());
+        };
+        // frame_header_obu(): show_existing_frame = 1, frame_to_show_map_idx,
+        // trailing bits (no decoder model timing, no frame ids).
+        let payload = (0x80 | ((idx as u8) << 4)) | 0x08;
+        let obu = [0x12, 0x00, 0x1a, 0x01, payload];
+        let pics = self.feed(&obu, ts)?;
+        drop(pics);
+        self.slots = [Some(ts); 8];
+        Ok(())
+    }
+
+    fn decode_frame(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+    ) -> Result<DecodeOutcome, DecodeError> {
+        let frame = job
+            .controls
+            .get::<V4l2CtrlAv1Frame>()
+            .ok_or_else(|| DecodeError::InvalidControls("no AV1 frame control".into()))?;
+        let seq = job
+            .controls
+            .get::<V4l2CtrlAv1Sequence>()
+            .ok_or_else(|| DecodeError::InvalidControls("no AV1 sequence control".into()))?;
+        let key = frame.frame_type == V4L2_AV1_KEY_FRAME;
+        if self.waiting_for_key && !key {
+            return Err(DecodeError::WaitingForKeyframe);
+        }
+        if !frame.is_intra() {
+            self.replay_key_frame_show(&frame)?;
+            for i in frame.ref_frame_idx {
+                let slot = usize::try_from(i)
+                    .ok()
+                    .filter(|s| *s < 8)
+                    .ok_or_else(|| DecodeError::InvalidControls(format!("ref_frame_idx {i}")))?;
+                let want = frame.reference_frame_ts[slot];
+                if self.slots[slot] != Some(want) {
+                    self.reset();
+                    return Err(DecodeError::MissingReference(want));
+                }
+            }
+        }
+        for r in job.references {
+            if !self.slots.contains(&Some(*r)) {
+                self.reset();
+                return Err(DecodeError::MissingReference(*r));
+            }
+        }
+
+        let mut bytes = Vec::with_capacity(job.bitstream.len() + 32);
+        let obus = obu_types(job.bitstream);
+        let has_seq = obus
+            .as_ref()
+            .is_some_and(|t| t.contains(&OBU_SEQUENCE_HEADER));
+        let seq_bytes = seq_key(&seq);
+        if has_seq {
+            self.seq_sent = Some(seq_bytes);
+        } else if self.seq_sent != Some(seq_bytes) {
+            bytes.extend(sequence_header_obu(&seq)?);
+            self.seq_sent = Some(seq_bytes);
+        }
+        match obus {
+            Some(_) => bytes.extend_from_slice(job.bitstream),
+            None => {
+                // GStreamer: the payload of one OBU_FRAME.
+                bytes.push(OBU_FRAME << 3 | 0x02);
+                leb128(&mut bytes, job.bitstream.len() as u64);
+                bytes.extend_from_slice(job.bitstream);
+            }
+        }
+
+        let pics = self.feed(&bytes, job.timestamp)?;
+        let Some(pic) = pics.last() else {
+            return Err(DecodeError::Corrupt("dav1d output no picture".into()));
+        };
+        if pic.0.m.timestamp != job.timestamp as i64 {
+            return Err(DecodeError::Corrupt(format!(
+                "dav1d output picture {} for job {}",
+                pic.0.m.timestamp, job.timestamp
+            )));
+        }
+        copy_picture(&pic.0, out)?;
+
+        if key {
+            self.waiting_for_key = false;
+        }
+        for i in 0..8 {
+            if frame.refresh_frame_flags & (1 << i) != 0 {
+                self.slots[i] = Some(job.timestamp);
+            }
+        }
+        if key {
+            self.key_frames.push(job.timestamp);
+        }
+        let slots = self.slots;
+        self.key_frames.retain(|t| slots.contains(&Some(*t)));
+        Ok(DecodeOutcome::Decoded)
+    }
+}
+
+/// The fields of a sequence control that go into a sequence header.
+type SeqKey = (u32, u8, u8, u8, u16, u16);
+
+fn seq_key(s: &V4l2CtrlAv1Sequence) -> SeqKey {
+    (
+        s.flags,
+        s.seq_profile,
+        s.order_hint_bits,
+        s.bit_depth,
+        s.max_frame_width_minus_1,
+        s.max_frame_height_minus_1,
+    )
+}
+
+const OBU_SEQUENCE_HEADER: u8 = 1;
+const OBU_FRAME: u8 = 6;
+
+fn leb128(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// The OBU types of `data` if it is a sequence of complete OBUs in the
+/// low-overhead syntax (every OBU with a size field, sizes adding up to the
+/// buffer), `None` otherwise.
+fn obu_types(data: &[u8]) -> Option<Vec<u8>> {
+    let mut types = Vec::new();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let h = data[pos];
+        let ty = (h >> 3) & 0xf;
+        // forbidden bit, reserved bit, has_size_field, known type
+        if h & 0x80 != 0 || h & 0x01 != 0 || h & 0x02 == 0 {
+            return None;
+        }
+        if !matches!(ty, 1..=8 | 15) {
+            return None;
+        }
+        pos += 1 + usize::from(h & 0x04 != 0);
+        let mut size = 0u64;
+        let mut shift = 0;
+        loop {
+            let b = *data.get(pos)?;
+            pos += 1;
+            size |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 56 {
+                return None;
+            }
+        }
+        pos = pos.checked_add(usize::try_from(size).ok()?)?;
+        if pos > data.len() {
+            return None;
+        }
+        types.push(ty);
+    }
+    if types.is_empty() {
+        None
+    } else {
+        Some(types)
+    }
+}
+
+/// MSB-first bit writer for the synthesized headers.
+#[derive(Default)]
+struct Bits {
+    out: Vec<u8>,
+    n: u32,
+}
+
+impl Bits {
+    fn put(&mut self, bits: u32, v: u32) {
+        for i in (0..bits).rev() {
+            if self.n % 8 == 0 {
+                self.out.push(0);
+            }
+            if (v >> i) & 1 != 0 {
+                let last = self.out.len() - 1;
+                self.out[last] |= 0x80 >> (self.n % 8);
+            }
+            self.n += 1;
+        }
+    }
+
+    fn flag(&mut self, b: bool) {
+        self.put(1, u32::from(b));
+    }
+
+    /// trailing_bits(): a one, then zeros to the byte boundary.
+    fn finish(mut self) -> Vec<u8> {
+        self.put(1, 1);
+        while self.n % 8 != 0 {
+            self.put(1, 0);
+        }
+        self.out
+    }
+}
+
+/// A sequence header OBU for a sequence control.
+///
+/// The control lacks some sequence header fields; the synthesized header
+/// uses: one operating point (idc 0, level 31), no timing / decoder model /
+/// display delay information, no frame id numbers, the smallest
+/// `frame_width_bits` / `frame_height_bits` that hold the maximum size (what
+/// libaom and SVT-AV1 write), screen content tools and integer MV selected
+/// per frame (`SELECT_*`, libaom's default outside real-time mode), and no
+/// colour description. A stream whose real header differs in these needs
+/// its sequence header OBU in the OUTPUT buffer.
+pub fn sequence_header_obu(s: &V4l2CtrlAv1Sequence) -> Result<Vec<u8>, DecodeError> {
+    let f = |bit: u32| s.flags & bit != 0;
+    let mut b = Bits::default();
+    b.put(3, u32::from(s.seq_profile));
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_STILL_PICTURE));
+    b.flag(false); // reduced_still_picture_header
+    b.flag(false); // timing_info_present_flag
+    b.flag(false); // initial_display_delay_present_flag
+    b.put(5, 0); // operating_points_cnt_minus_1
+    b.put(12, 0); // operating_point_idc[0]
+    b.put(5, 31); // seq_level_idx[0]
+    b.flag(false); // seq_tier[0]
+    let w = u32::from(s.max_frame_width_minus_1);
+    let h = u32::from(s.max_frame_height_minus_1);
+    let wbits = (32 - w.leading_zeros()).max(1);
+    let hbits = (32 - h.leading_zeros()).max(1);
+    b.put(4, wbits - 1);
+    b.put(4, hbits - 1);
+    b.put(wbits, w);
+    b.put(hbits, h);
+    b.flag(false); // frame_id_numbers_present_flag
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_USE_128X128_SUPERBLOCK));
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_FILTER_INTRA));
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_INTRA_EDGE_FILTER));
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_INTERINTRA_COMPOUND));
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_MASKED_COMPOUND));
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_WARPED_MOTION));
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_DUAL_FILTER));
+    let order_hint = f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_ORDER_HINT);
+    b.flag(order_hint);
+    if order_hint {
+        b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_JNT_COMP));
+        b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_REF_FRAME_MVS));
+    }
+    b.flag(true); // seq_choose_screen_content_tools
+    b.flag(true); // seq_choose_integer_mv
+    if order_hint {
+        if !(1..=8).contains(&s.order_hint_bits) {
+            return Err(DecodeError::InvalidControls(format!(
+                "order_hint_bits {} with order hints enabled",
+                s.order_hint_bits
+            )));
+        }
+        b.put(3, u32::from(s.order_hint_bits) - 1);
+    }
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_SUPERRES));
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_CDEF));
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_RESTORATION));
+    // color_config()
+    let high = s.bit_depth > 8;
+    b.flag(high);
+    if s.seq_profile == 2 && high {
+        b.flag(s.bit_depth == 12);
+    }
+    let mono = f(V4L2_AV1_SEQUENCE_FLAG_MONO_CHROME);
+    if s.seq_profile != 1 {
+        b.flag(mono);
+    }
+    b.flag(false); // color_description_present_flag
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_COLOR_RANGE));
+    if !mono {
+        let (sx, sy) = (
+            f(V4L2_AV1_SEQUENCE_FLAG_SUBSAMPLING_X),
+            f(V4L2_AV1_SEQUENCE_FLAG_SUBSAMPLING_Y),
+        );
+        if s.seq_profile == 2 && s.bit_depth == 12 {
+            b.flag(sx);
+            if sx {
+                b.flag(sy);
+            }
+        }
+        if sx && sy {
+            b.put(2, 0); // chroma_sample_position: unknown
+        }
+        b.flag(f(V4L2_AV1_SEQUENCE_FLAG_SEPARATE_UV_DELTA_Q));
+    }
+    b.flag(f(V4L2_AV1_SEQUENCE_FLAG_FILM_GRAIN_PARAMS_PRESENT));
+    let payload = b.finish();
+    let mut obu = vec![OBU_SEQUENCE_HEADER << 3 | 0x02];
+    leb128(&mut obu, payload.len() as u64);
+    obu.extend(payload);
+    Ok(obu)
+}
+
+/// Copies a dav1d picture into the CAPTURE buffer, replicating the last
+/// column / row into any padding the buffer has beyond the picture.
+fn copy_picture(p: &ffi::Dav1dPicture, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
+    out.check()?;
+    let (w, h) = (p.p.w as usize, p.p.h as usize);
+    let fmt = match p.p.bpc {
+        8 => CaptureFormat::Nv12,
+        10 => CaptureFormat::P010,
+        b => return Err(DecodeError::Unsupported(format!("{b}-bit AV1"))),
+    };
+    if fmt != out.format {
+        return Err(DecodeError::FormatMismatch(format!(
+            "{}-bit picture into {:?}",
+            p.p.bpc, out.format
+        )));
+    }
+    if w == 0 || h == 0 || w > out.width as usize || h > out.height as usize {
+        return Err(DecodeError::FormatMismatch(format!(
+            "{w}x{h} into {}x{}",
+            out.width, out.height
+        )));
+    }
+    let mono = match p.p.layout {
+        ffi::DAV1D_PIXEL_LAYOUT_I420 => false,
+        ffi::DAV1D_PIXEL_LAYOUT_I400 => true,
+        l => {
+            return Err(DecodeError::Unsupported(format!(
+                "dav1d pixel layout {l} (only 4:2:0 and monochrome fit NV12/P010)"
+            )))
+        }
+    };
+    let sb = fmt.sample_bytes();
+    let (ow, oh) = (out.width as usize, out.height as usize);
+    // Reads sample x of a source row.
+    let sample = |row: *const u8, x: usize| -> u16 {
+        if sb == 1 {
+            // SAFETY: callers pass x < the plane's width; the row holds that
+            // many samples.
+            u16::from(unsafe { *row.add(x) })
+        } else {
+            // SAFETY: as above, with 16-bit samples.
+            unsafe { (row as *const u16).add(x).read_unaligned() }
+        }
+    };
+    let put = |dst: &mut [u8], x: usize, v: u16| {
+        if sb == 1 {
+            dst[x] = v as u8;
+        } else {
+            dst[2 * x..2 * x + 2].copy_from_slice(&(v << 6).to_le_bytes());
+        }
+    };
+    let row_ptr = |plane: usize, y: usize| -> *const u8 {
+        let stride = p.stride[usize::from(plane > 0)];
+        // SAFETY: y is below the plane's height; dav1d planes hold `height`
+        // rows of `stride` bytes.
+        unsafe { (p.data[plane] as *const u8).offset(stride * y as isize) }
+    };
+    // Luma.
+    for y in 0..oh {
+        let src = row_ptr(0, y.min(h - 1));
+        let dst = &mut out.luma.data[y * out.luma.stride..];
+        for x in 0..ow {
+            put(dst, x, sample(src, x.min(w - 1)));
+        }
+    }
+    // Chroma, interleaved.
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let (ocw, och) = (ow.div_ceil(2), oh.div_ceil(2));
+    let neutral: u16 = 128 << (p.p.bpc - 8);
+    for y in 0..och {
+        let dst = &mut out.chroma.data[y * out.chroma.stride..];
+        if mono {
+            for x in 0..2 * ocw {
+                put(dst, x, neutral);
+            }
+            continue;
+        }
+        let (u, v) = (row_ptr(1, y.min(ch - 1)), row_ptr(2, y.min(ch - 1)));
+        for x in 0..ocw {
+            let sx = x.min(cw - 1);
+            put(dst, 2 * x, sample(u, sx));
+            put(dst, 2 * x + 1, sample(v, sx));
+        }
+    }
+    Ok(())
+}
+
+impl Backend for Dav1dAv1 {
+    fn name(&self) -> &'static str {
+        "dav1d"
+    }
+
+    fn codec(&self) -> Codec {
+        Codec::Av1
+    }
+
+    fn decode(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+    ) -> Result<DecodeOutcome, DecodeError> {
+        if job.codec != Codec::Av1 {
+            return Err(DecodeError::Unsupported(format!(
+                "{:?} job on the dav1d AV1 backend",
+                job.codec
+            )));
+        }
+        if job.flags.more_slices || job.flags.continues_picture {
+            return Err(DecodeError::Unsupported(
+                "AV1 frames come whole (no held CAPTURE buffers)".into(),
+            ));
+        }
+        match self.decode_frame(job, out) {
+            Err(e @ DecodeError::Corrupt(_)) => {
+                self.reset();
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
+    fn reset(&mut self) {
+        // SAFETY: ctx is open.
+        unsafe { ffi::dav1d_flush(self.ctx) };
+        self.slots = [None; 8];
+        self.key_frames.clear();
+        self.waiting_for_key = true;
+        // dav1d_flush keeps the sequence header; sending it again is
+        // harmless and makes the session independent of that.
+        self.seq_sent = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_1_x() {
+        assert!(version().starts_with("1."), "{}", version());
+    }
+
+    #[test]
+    fn obu_walk() {
+        // temporal delimiter + padding OBU of 2 bytes
+        assert_eq!(
+            obu_types(&[0x12, 0x00, 0x7a, 0x02, 1, 2]),
+            Some(vec![2, 15])
+        );
+        // size runs past the end
+        assert_eq!(obu_types(&[0x12, 0x05, 0]), None);
+        // no size field
+        assert_eq!(obu_types(&[0x10]), None);
+        assert_eq!(obu_types(&[]), None);
+    }
+
+    #[test]
+    fn leb128_encoding() {
+        let mut v = Vec::new();
+        leb128(&mut v, 300);
+        assert_eq!(v, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn synthesized_sequence_header_bits() {
+        let mut s = <V4l2CtrlAv1Sequence as decoder_core::ctrl::CompoundControl>::default_value();
+        s.max_frame_width_minus_1 = 65;
+        s.max_frame_height_minus_1 = 49;
+        s.flags = V4L2_AV1_SEQUENCE_FLAG_SUBSAMPLING_X | V4L2_AV1_SEQUENCE_FLAG_SUBSAMPLING_Y;
+        let obu = sequence_header_obu(&s).unwrap();
+        assert_eq!(obu[0], 0x0a);
+        assert_eq!(usize::from(obu[1]), obu.len() - 2);
+        // profile 0, still 0, reduced 0, timing 0, delay 0, cnt 00000
+        assert_eq!(obu[2], 0x00);
+        // The whole header with everything off except 4:2:0 must parse as
+        // one OBU.
+        assert_eq!(obu_types(&obu), Some(vec![1]));
+    }
+}
