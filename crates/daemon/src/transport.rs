@@ -393,6 +393,19 @@ mod tests {
             a.send(b"m", &many),
             Err(TransportError::TooManyFds(_))
         ));
+        // Far more than the control buffer holds: the kernel truncates.
+        let lots: Vec<BorrowedFd<'_>> = (0..64).map(|_| memfd.as_fd()).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(64))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&lots)));
+        rustix::net::sendmsg(&a, &[IoSlice::new(b"m")], &mut control, SendFlags::empty()).unwrap();
+        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        assert!(matches!(
+            b.recv(&mut bb, &sd),
+            Err(TransportError::FdsTruncated)
+        ));
+        // None of the received descriptors stayed open.
+        assert!(std::fs::read_dir("/proc/self/fd").unwrap().count() <= before);
     }
 
     #[test]

@@ -661,3 +661,44 @@ fn a_context_reopened_after_s_fmt_keeps_its_output_buffers() {
     sd.trigger();
     assert!(matches!(join_timeout(t, 5 * SEC), Ok(SessionEnd::Shutdown)));
 }
+
+#[test]
+fn held_slices_share_one_capture_buffer() {
+    use daedalus_daemon::backend::JobFlags;
+    use decoder_core::state::BUF_FLAG_M2M_HOLD_CAPTURE_BUF;
+    let (t, sd, sock, log) = spawn_server(2, Duration::ZERO);
+    let mut f = Frontend::new(sock);
+    f.attach();
+    let c = f.context(fmt::PIX_FMT_H264_SLICE, 2);
+    f.queue_output_flags(c, 0, 1000, &[0x21, 0x22], BUF_FLAG_M2M_HOLD_CAPTURE_BUF);
+    f.queue_output(c, 1, 1000, &[0x31, 0x32]);
+    assert!(f.pump_until(5 * SEC, |f| f.done(c).len() == 2));
+    assert!(f.done(c).iter().all(|(_, ok)| *ok));
+    assert_eq!(f.sent[0].capture, f.sent[1].capture);
+    assert_eq!(
+        *log.flags.lock(),
+        [
+            (
+                1000,
+                JobFlags {
+                    more_slices: true,
+                    continues_picture: false
+                }
+            ),
+            (
+                1000,
+                JobFlags {
+                    more_slices: false,
+                    continues_picture: true
+                }
+            )
+        ]
+    );
+    // The held job reported no bytes; the last slice completed the picture.
+    assert_eq!(f.result_of(f.sent[0].cookie).unwrap().bytesused, [0; 4]);
+    assert_eq!(f.capture_bytes(c, f.sent[1].capture), (0x31, 0x32));
+    let info = f.dev.buffer(c, Queue::Capture, f.sent[1].capture).unwrap();
+    assert_eq!(info.bytesused[0], 64 * 48 * 3 / 2);
+    sd.trigger();
+    assert!(matches!(join_timeout(t, 5 * SEC), Ok(SessionEnd::Shutdown)));
+}

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use daedalus_daemon::backend::{Backend, CaptureTarget, DecodeError, DecodeOutcome, JobInput};
+use daedalus_daemon::backend::{
+    Backend, CaptureTarget, DecodeError, DecodeOutcome, JobFlags, JobInput,
+};
 use daedalus_daemon::server::{BackendFactory, ServeError, Server, ServerConfig, SessionEnd};
 use daedalus_daemon::transport::{SeqPacket, Shutdown, Transport, TransportError};
 use decoder_core::ctrl::{Codec, ControlValues};
@@ -34,6 +36,7 @@ pub struct Decoded {
 pub struct Log {
     pub decoded: Mutex<Vec<Decoded>>,
     pub started: Mutex<Vec<(Codec, u64)>>,
+    pub flags: Mutex<Vec<(u64, JobFlags)>>,
     pub running: AtomicUsize,
     pub max_running: AtomicUsize,
     pub sessions: AtomicUsize,
@@ -62,6 +65,7 @@ impl Backend for TestBackend {
         out: &mut CaptureTarget<'_>,
     ) -> Result<DecodeOutcome, DecodeError> {
         self.log.started.lock().push((self.codec, job.timestamp));
+        self.log.flags.lock().push((job.timestamp, job.flags));
         let n = self.log.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.log.max_running.fetch_max(n, Ordering::SeqCst);
         let started = Instant::now();
@@ -363,6 +367,11 @@ impl Frontend {
     /// Writes `payload` into OUTPUT buffer `i` and queues it with a request
     /// carrying the codec's default controls.
     pub fn queue_output(&mut self, c: CtxId, i: u32, ts: u64, payload: &[u8]) {
+        self.queue_output_flags(c, i, ts, payload, 0);
+    }
+
+    /// [`Frontend::queue_output`] with `V4L2_BUF_FLAG_*` flags.
+    pub fn queue_output_flags(&mut self, c: CtxId, i: u32, ts: u64, payload: &[u8], flags: u32) {
         rustix::io::pwrite(&self.mem[&(c, Queue::Output, i)][0], payload, 0).unwrap();
         let r = self.dev.request_alloc().unwrap();
         let codec = self.dev.codec(c).unwrap();
@@ -374,7 +383,7 @@ impl Frontend {
         let args = QbufArgs {
             bytesused: [payload.len() as u32, 0, 0, 0],
             timestamp: ts,
-            flags: 0,
+            flags,
             request: Some(r),
             memory_changed: false,
         };
