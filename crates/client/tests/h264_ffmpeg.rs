@@ -15,6 +15,10 @@ use daedalus_daemon::backend::ffmpeg::FfmpegH264;
 use daedalus_daemon::backend::{
     Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobFlags, JobInput,
 };
+use decoder_core::ctrl::h264::{
+    V4l2CtrlH264DecodeParams, V4l2CtrlH264SliceParams, V4L2_H264_DPB_ENTRY_FLAG_ACTIVE,
+    V4L2_H264_FRAME_REF,
+};
 use decoder_core::ctrl::{validate_write, Codec, ControlValues};
 
 fn tool(name: &str) {
@@ -194,6 +198,7 @@ struct RunResult {
     mismatches: usize,
     ctrl_errors: usize,
     decode_errors: usize,
+    list_errors: usize,
     jobs: usize,
 }
 
@@ -215,6 +220,7 @@ fn decode_stream(file: &Path, packing: Packing, ten_bit: bool, want: &[String]) 
         mismatches: 0,
         ctrl_errors: 0,
         decode_errors: 0,
+        list_errors: 0,
         jobs: 0,
     };
     while let Some(job) = parser.next_job().unwrap() {
@@ -240,6 +246,20 @@ fn decode_stream(file: &Path, packing: Packing, ten_bit: bool, want: &[String]) 
         }
         let mut refs = Vec::new();
         (Codec::H264.desc().reference_timestamps)(&effective, &mut refs);
+        // Every active reference list entry names an active DPB entry.
+        let dp: V4l2CtrlH264DecodeParams = effective.get().unwrap();
+        let sp: V4l2CtrlH264SliceParams = effective.get().unwrap();
+        for list in 0..2 {
+            for e in sp.active_refs(list) {
+                let ok = e.dpb_index().is_some_and(|i| {
+                    dp.dpb[i].flags & V4L2_H264_DPB_ENTRY_FLAG_ACTIVE != 0
+                        && e.fields == V4L2_H264_FRAME_REF
+                });
+                if !ok {
+                    r.list_errors += 1;
+                }
+            }
+        }
         let info = picture;
         let (w, h) = info.coded;
         let buf = buffers
@@ -330,7 +350,8 @@ fn h264_streams_decode_bit_exact_through_jobs() {
         for &p in s.packings {
             let r = decode_stream(&file, p, s.ten_bit, &want);
             println!(
-                "{:<40} {:<34} jobs {:>3} frames {:>3}/{:>3} mismatches {} ctrl_errors {} decode_errors {}",
+                "{:<36} {:<32} jobs {:>3} frames {:>3}/{:>3} mismatches {} ctrl_errors {} \
+                 decode_errors {} ref_list_errors {}",
                 s.name,
                 format!("{p:?}"),
                 r.jobs,
@@ -338,10 +359,13 @@ fn h264_streams_decode_bit_exact_through_jobs() {
                 want.len(),
                 r.mismatches,
                 r.ctrl_errors,
-                r.decode_errors
+                r.decode_errors,
+                r.list_errors
             );
             total_frames += r.frames;
-            if r.frames != want.len() || r.mismatches + r.ctrl_errors + r.decode_errors != 0 {
+            if r.frames != want.len()
+                || r.mismatches + r.ctrl_errors + r.decode_errors + r.list_errors != 0
+            {
                 failures.push(format!("{} {p:?}", s.name));
             }
         }
