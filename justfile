@@ -31,7 +31,7 @@ test-native: uapi
     cargo test --workspace --release
 
 # Every test: lints, native suites, then the VM suites.
-test: lint test-native test-vm
+test: lint test-native test-corpus test-vm
 
 # Fuzz each cargo-fuzz target for SECONDS (nightly if installed, else stable with RUSTC_BOOTSTRAP).
 fuzz SECONDS="30":
@@ -45,3 +45,12 @@ fuzz SECONDS="30":
         cargo $tc fuzz run "$t" -- -max_total_time={{SECONDS}} 2>&1 | grep -E '^(Done|==|SUMMARY)|panicked|ERROR' || true
         [ "${PIPESTATUS[0]}" = 0 ] || { echo "fuzz target $t failed"; exit 1; }
     done
+
+# Generate the test corpus (Debian's encoders) with FFmpeg's reference framemd5 (.cache/corpus).
+corpus:
+    bash scripts/corpus.sh
+
+# Decode the whole corpus through the embedded stack and compare every frame with FFmpeg.
+test-corpus: corpus
+    cargo build --release -p daedalus
+    bash scripts/corpus-check.sh
