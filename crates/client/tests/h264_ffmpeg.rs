@@ -459,6 +459,7 @@ fn missing_reference_resets_and_resyncs_at_idr() {
 
 #[test]
 fn corrupt_slice_fails_the_job_not_the_session() {
+    daedalus_daemon::backend::ffmpeg::quiet_library_logs();
     tool("x264");
     tool("ffmpeg");
     let dir = tmpdir().join("corrupt");
@@ -663,6 +664,7 @@ fn fuzz_then_clean(file: &Path, want: &[String], seed: u64) -> (usize, usize) {
 
 #[test]
 fn damaged_jobs_never_panic_and_the_session_recovers() {
+    daedalus_daemon::backend::ffmpeg::quiet_library_logs();
     tool("x264");
     tool("ffmpeg");
     let dir = tmpdir().join("fuzz");

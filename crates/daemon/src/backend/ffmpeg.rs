@@ -46,6 +46,13 @@ use ffmpeg_sys_next as ff;
 
 use super::{Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobInput};
 
+/// Limits libavcodec's own logging (process-wide) to fatal errors; decode
+/// errors still reach the caller as [`DecodeError`]s.
+pub fn quiet_library_logs() {
+    // SAFETY: av_log_set_level only stores an integer in libavutil.
+    unsafe { ff::av_log_set_level(ff::AV_LOG_FATAL) };
+}
+
 /// Annex B start code put in front of each NAL unit the session writes.
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 
