@@ -372,11 +372,24 @@ impl Frontend {
 
     /// [`Frontend::queue_output`] with `V4L2_BUF_FLAG_*` flags.
     pub fn queue_output_flags(&mut self, c: CtxId, i: u32, ts: u64, payload: &[u8], flags: u32) {
-        rustix::io::pwrite(&self.mem[&(c, Queue::Output, i)][0], payload, 0).unwrap();
-        let r = self.dev.request_alloc().unwrap();
         let codec = self.dev.codec(c).unwrap();
         let defaults = ControlValues::defaults(codec);
-        let ctrls: Vec<(u32, &[u8])> = defaults.iter().collect();
+        self.queue_output_with(c, i, ts, payload, flags, &defaults);
+    }
+
+    /// [`Frontend::queue_output`] with flags and the request's controls.
+    pub fn queue_output_with(
+        &mut self,
+        c: CtxId,
+        i: u32,
+        ts: u64,
+        payload: &[u8],
+        flags: u32,
+        controls: &ControlValues,
+    ) {
+        rustix::io::pwrite(&self.mem[&(c, Queue::Output, i)][0], payload, 0).unwrap();
+        let r = self.dev.request_alloc().unwrap();
+        let ctrls: Vec<(u32, &[u8])> = controls.iter().collect();
         self.dev
             .set_controls(c, Which::Request(r), &ctrls, false)
             .unwrap();
