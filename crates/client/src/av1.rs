@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use cros_codecs::codec::av1::parser::{
-    FrameHeaderObu, FrameType, ObuAction, ObuType, ParsedObu, Parser, SequenceHeaderObu,
+    BitDepth, FrameHeaderObu, FrameType, ObuAction, ObuType, ParsedObu, Parser, SequenceHeaderObu,
 };
 use decoder_core::ctrl::av1::*;
 use decoder_core::ctrl::{Codec, CompoundControl, ControlValues};
@@ -169,10 +169,19 @@ pub fn sequence_control(s: &SequenceHeaderObu) -> V4l2CtrlAv1Sequence {
     } else {
         0
     };
-    c.bit_depth = s.bit_depth as u8;
+    c.bit_depth = bit_depth(s);
     c.max_frame_width_minus_1 = s.max_frame_width_minus_1;
     c.max_frame_height_minus_1 = s.max_frame_height_minus_1;
     c
+}
+
+/// `BitDepth` of a sequence header, in bits.
+fn bit_depth(s: &SequenceHeaderObu) -> u8 {
+    match s.bit_depth {
+        BitDepth::Depth8 => 8,
+        BitDepth::Depth10 => 10,
+        BitDepth::Depth12 => 12,
+    }
 }
 
 fn flag<T: Default + std::ops::BitOr<Output = T> + Copy>(pairs: &[(bool, T)]) -> T {
@@ -241,10 +250,7 @@ pub fn frame_control(
     // Segmentation.
     let sp = &fh.segmentation_params;
     c.segmentation.flags = flag(&[
-        (
-            sp.segmentation_enabled,
-            V4L2_AV1_SEGMENTATION_FLAG_ENABLED,
-        ),
+        (sp.segmentation_enabled, V4L2_AV1_SEGMENTATION_FLAG_ENABLED),
         (
             sp.segmentation_update_map,
             V4L2_AV1_SEGMENTATION_FLAG_UPDATE_MAP,
@@ -385,10 +391,7 @@ pub fn frame_control(
             fh.skip_mode_frame[0] != 0,
             V4L2_AV1_FRAME_FLAG_SKIP_MODE_ALLOWED,
         ),
-        (
-            fh.skip_mode_present,
-            V4L2_AV1_FRAME_FLAG_SKIP_MODE_PRESENT,
-        ),
+        (fh.skip_mode_present, V4L2_AV1_FRAME_FLAG_SKIP_MODE_PRESENT),
         (
             fh.frame_size_override_flag,
             V4L2_AV1_FRAME_FLAG_FRAME_SIZE_OVERRIDE,
@@ -618,7 +621,7 @@ impl Av1Parser {
 
     fn picture_info(&self, fh: &FrameHeaderObu) -> PictureInfo {
         let (w, h) = (fh.upscaled_width, fh.frame_height);
-        let bit_depth = self.seq.as_ref().map(|s| s.bit_depth as u8).unwrap_or(8);
+        let bit_depth = self.seq.as_deref().map(bit_depth).unwrap_or(8);
         PictureInfo {
             key: DisplayKey { epoch: 0, order: 0 },
             max_reorder: 0,

@@ -223,6 +223,7 @@ pub struct Dav1dAv1 {
     /// bitstream or synthesized).
     seq_sent: Option<SeqKey>,
     waiting_for_key: bool,
+    replays: u64,
 }
 
 // SAFETY: a dav1d context has no thread affinity; it must only not be used
@@ -290,7 +291,14 @@ impl Dav1dAv1 {
             key_frames: Vec::new(),
             seq_sent: None,
             waiting_for_key: true,
+            replays: 0,
         })
+    }
+
+    /// How many key-frame `show_existing_frame` headers were replayed to
+    /// dav1d so far.
+    pub fn replayed_key_frame_shows(&self) -> u64 {
+        self.replays
     }
 
     /// Sends `bytes` (timestamped `ts`) and returns every picture dav1d
@@ -349,7 +357,9 @@ impl Dav1dAv1 {
         if r == EAGAIN {
             Ok(None)
         } else if r < 0 {
-            Err(DecodeError::Corrupt(format!("dav1d_get_picture: error {r}")))
+            Err(DecodeError::Corrupt(format!(
+                "dav1d_get_picture: error {r}"
+            )))
         } else {
             Ok(Some(Picture(pic)))
         }
@@ -376,6 +386,7 @@ impl Dav1dAv1 {
         let pics = self.feed(&obu, ts)?;
         drop(pics);
         self.slots = [Some(ts); 8];
+        self.replays += 1;
         Ok(())
     }
 
@@ -551,7 +562,7 @@ struct Bits {
 impl Bits {
     fn put(&mut self, bits: u32, v: u32) {
         for i in (0..bits).rev() {
-            if self.n % 8 == 0 {
+            if self.n.is_multiple_of(8) {
                 self.out.push(0);
             }
             if (v >> i) & 1 != 0 {
@@ -569,7 +580,7 @@ impl Bits {
     /// trailing_bits(): a one, then zeros to the byte boundary.
     fn finish(mut self) -> Vec<u8> {
         self.put(1, 1);
-        while self.n % 8 != 0 {
+        while !self.n.is_multiple_of(8) {
             self.put(1, 0);
         }
         self.out

@@ -1,0 +1,438 @@
+//! End to end AV1: aomenc streams -> client parser -> V4L2 jobs (controls
+//! validated as the kernel would, plus the request check) -> dav1d backend
+//! writing NV12/P010 into plain memory -> display order (shown frames and
+//! show-existing frames) -> per-frame MD5, compared with
+//! `ffmpeg -pix_fmt nv12|p010le -f framemd5` of the same stream.
+//!
+//! Needs `aomenc` and `ffmpeg` (.ci/install-deps: aom-tools, ffmpeg) and
+//! libdav1d.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use daedalus_client::av1::{Av1Options, Av1Parser, Av1Stats};
+use daedalus_client::{FrameEvent, FrameStreamParser, Job, PictureInfo};
+use daedalus_daemon::backend::dav1d::{Dav1dAv1, Dav1dConfig};
+use daedalus_daemon::backend::{
+    Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobFlags, JobInput,
+};
+use decoder_core::ctrl::{check_request, validate_write, Codec, ControlValues};
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{cmd:?}: {e} (install aom-tools and ffmpeg: .ci/install-deps)")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("daedalus-av1-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Stream {
+    name: &'static str,
+    size: (u32, u32),
+    frames: u32,
+    aomenc: &'static [&'static str],
+    ten_bit: bool,
+}
+
+fn streams() -> Vec<Stream> {
+    vec![
+        Stream {
+            name: "altref_hidden_show_existing_96x64",
+            size: (96, 64),
+            frames: 24,
+            aomenc: &["--lag-in-frames=16", "--auto-alt-ref=1", "--kf-max-dist=30"],
+            ten_bit: false,
+        },
+        Stream {
+            name: "tiles_4x2_two_tile_groups_256x144",
+            size: (256, 144),
+            frames: 10,
+            aomenc: &[
+                "--tile-columns=2",
+                "--tile-rows=1",
+                "--num-tile-groups=2",
+                "--lag-in-frames=8",
+            ],
+            ten_bit: false,
+        },
+        Stream {
+            name: "odd_size_66x50",
+            size: (66, 50),
+            frames: 12,
+            aomenc: &["--lag-in-frames=6", "--kf-max-dist=5"],
+            ten_bit: false,
+        },
+        Stream {
+            name: "film_grain_test_vector_96x64",
+            size: (96, 64),
+            frames: 12,
+            aomenc: &["--film-grain-test=1", "--lag-in-frames=8"],
+            ten_bit: false,
+        },
+        Stream {
+            name: "forward_key_frames_96x64",
+            size: (96, 64),
+            frames: 30,
+            aomenc: &[
+                "--enable-fwd-kf=1",
+                "--kf-min-dist=8",
+                "--kf-max-dist=8",
+                "--lag-in-frames=19",
+            ],
+            ten_bit: false,
+        },
+        Stream {
+            name: "ten_bit_p010_80x48",
+            size: (80, 48),
+            frames: 10,
+            aomenc: &["--bit-depth=10", "--lag-in-frames=8"],
+            ten_bit: true,
+        },
+    ]
+}
+
+fn encode(dir: &Path, s: &Stream) -> PathBuf {
+    let src = dir.join(format!("{}.y4m", s.name));
+    run(Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!(
+            "testsrc2=size={}x{}:rate=30,noise=alls=12:allf=t",
+            s.size.0, s.size.1
+        ))
+        .args(["-frames:v", &s.frames.to_string(), "-pix_fmt", "yuv420p"])
+        .arg(&src));
+    let out = dir.join(format!("{}.ivf", s.name));
+    run(Command::new("aomenc")
+        .args(["--quiet", "--ivf", "--cpu-used=8", "--threads=1"])
+        .arg(format!("--limit={}", s.frames))
+        .args(s.aomenc)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src));
+    out
+}
+
+fn reference_md5s(file: &Path, ten_bit: bool) -> Vec<String> {
+    let out = run(Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(file)
+        .args(["-pix_fmt", if ten_bit { "p010le" } else { "nv12" }])
+        .args(["-fps_mode", "passthrough", "-f", "framemd5", "-"]));
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.rsplit(',').next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// Tightly packed visible NV12 / P010 bytes of a coded-size buffer.
+fn visible_bytes(buf: &[u8], info: &PictureInfo, sample: usize) -> Vec<u8> {
+    let (cw, ch) = (info.coded.0 as usize, info.coded.1 as usize);
+    let (l, t, w, h) = (
+        info.visible.0 as usize,
+        info.visible.1 as usize,
+        info.visible.2 as usize,
+        info.visible.3 as usize,
+    );
+    let stride = cw * sample;
+    let mut out = Vec::new();
+    for y in t..t + h {
+        out.extend_from_slice(&buf[y * stride + l * sample..y * stride + (l + w) * sample]);
+    }
+    let chroma = &buf[stride * ch..];
+    for y in t / 2..(t + h).div_ceil(2) {
+        let row = &chroma[y * stride..];
+        out.extend_from_slice(&row[(l & !1) * sample..((l & !1) + 2 * w.div_ceil(2)) * sample]);
+    }
+    out
+}
+
+/// Validates every control of the job like the kernel + frontend would and
+/// returns the effective values.
+fn effective_controls(current: &mut ControlValues, job: &Job) -> ControlValues {
+    for (id, bytes) in job.controls.iter() {
+        let v = validate_write(Codec::Av1, id, bytes)
+            .unwrap_or_else(|e| panic!("job {}: control {id:#x} refused: {e}", job.timestamp));
+        assert_eq!(v, bytes, "validation changed control {id:#x}");
+        current.set_raw(id, v);
+    }
+    check_request(Codec::Av1, current)
+        .unwrap_or_else(|e| panic!("job {}: request refused: {e}", job.timestamp));
+    current.clone()
+}
+
+/// Turns a job holding exactly one `OBU_FRAME` into what GStreamer queues:
+/// the OBU payload without its header, tile offsets shifted accordingly.
+fn to_gstreamer_payload(job: &mut Job) -> bool {
+    use decoder_core::ctrl::av1::V4l2CtrlAv1TileGroupEntry;
+    use decoder_core::ctrl::CompoundControl;
+    use zerocopy::IntoBytes;
+    let b = &job.bitstream;
+    if b.is_empty() || (b[0] >> 3) & 0xf != 6 || b[0] & 0x04 != 0 {
+        return false;
+    }
+    let mut pos = 1;
+    let mut size = 0usize;
+    let mut shift = 0;
+    loop {
+        let x = b[pos];
+        pos += 1;
+        size |= usize::from(x & 0x7f) << shift;
+        shift += 7;
+        if x & 0x80 == 0 {
+            break;
+        }
+    }
+    if pos + size != b.len() {
+        return false;
+    }
+    let payload = b[pos..].to_vec();
+    let mut entries = job.controls.get_array::<V4l2CtrlAv1TileGroupEntry>();
+    let mut raw = Vec::new();
+    for e in &mut entries {
+        e.tile_offset -= pos as u32;
+        raw.extend_from_slice(e.as_bytes());
+    }
+    job.controls.set_raw(V4l2CtrlAv1TileGroupEntry::ID, raw);
+    job.bitstream = payload;
+    true
+}
+
+#[derive(Default, Debug)]
+struct Outcome {
+    shown: Vec<String>,
+    jobs: usize,
+    errors: Vec<(u64, DecodeError)>,
+    stats: Av1Stats,
+    gst_jobs: usize,
+    replays: u64,
+}
+
+fn decode(
+    file: &Path,
+    opts: Av1Options,
+    ten_bit: bool,
+    gstreamer_payload: bool,
+    mut damage: impl FnMut(usize, &mut Job),
+) -> Outcome {
+    let mut parser = Av1Parser::new(std::fs::read(file).unwrap(), opts).unwrap();
+    let mut backend = Dav1dAv1::with_config(Dav1dConfig::default()).unwrap();
+    let format = if ten_bit {
+        CaptureFormat::P010
+    } else {
+        CaptureFormat::Nv12
+    };
+    let sb = format.sample_bytes();
+    let mut current = ControlValues::defaults(Codec::Av1);
+    let mut buffers: HashMap<u64, Option<Vec<u8>>> = HashMap::new();
+    let mut out = Outcome::default();
+    let md5 = |buf: &[u8], info: &PictureInfo| {
+        format!("{:x}", md5::compute(visible_bytes(buf, info, sb)))
+    };
+    while let Some(ev) = parser.next_event().expect("parse") {
+        match ev {
+            FrameEvent::Decode { mut job, shown } => {
+                damage(out.jobs, &mut job);
+                if gstreamer_payload && to_gstreamer_payload(&mut job) {
+                    out.gst_jobs += 1;
+                }
+                out.jobs += 1;
+                let ctrls = effective_controls(&mut current, &job);
+                let mut refs = Vec::new();
+                (Codec::Av1.desc().reference_timestamps)(&ctrls, &mut refs);
+                let info = job.picture;
+                let (cw, ch) = info.coded;
+                let stride = cw as usize * sb;
+                let mut buf = vec![0u8; stride * (ch as usize + ch.div_ceil(2) as usize)];
+                let mut target =
+                    CaptureTarget::contiguous(format, cw, ch, stride, &mut buf).unwrap();
+                let input = JobInput {
+                    codec: Codec::Av1,
+                    controls: &ctrls,
+                    bitstream: &job.bitstream,
+                    timestamp: job.timestamp,
+                    flags: JobFlags::default(),
+                    references: &refs,
+                };
+                match backend.decode(&input, &mut target) {
+                    Ok(DecodeOutcome::Decoded) => {
+                        if shown {
+                            out.shown.push(md5(&buf, &info));
+                        }
+                        buffers.insert(job.timestamp, Some(buf));
+                    }
+                    Ok(DecodeOutcome::Held) => panic!("AV1 job held"),
+                    Err(e) => {
+                        if shown {
+                            out.shown.push(format!("error: {e}"));
+                        }
+                        buffers.insert(job.timestamp, None);
+                        out.errors.push((job.timestamp, e));
+                    }
+                }
+            }
+            FrameEvent::ShowExisting { timestamp, picture } => {
+                match buffers.get(&timestamp) {
+                    Some(Some(buf)) => out.shown.push(md5(buf, &picture)),
+                    Some(None) => out.shown.push("error: shown frame failed".into()),
+                    None => panic!("show-existing of unknown job {timestamp}"),
+                };
+            }
+        }
+    }
+    out.stats = parser.stats();
+    out.replays = backend.replayed_key_frame_shows();
+    out
+}
+
+fn compare(name: &str, got: &[String], want: &[String]) -> usize {
+    let mut bad = 0;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g != w {
+            bad += 1;
+            if bad <= 5 {
+                eprintln!("  {name}: frame {i}: got {g}, ffmpeg {w}");
+            }
+        }
+    }
+    bad + got.len().abs_diff(want.len())
+}
+
+#[test]
+fn av1_streams_match_ffmpeg() {
+    let dir = tmpdir("streams");
+    let (mut total_frames, mut total_bad, mut total_streams) = (0, 0, 0);
+    let mut summary = Vec::new();
+    for s in streams() {
+        let file = encode(&dir, &s);
+        let want = reference_md5s(&file, s.ten_bit);
+        assert!(!want.is_empty(), "{}: ffmpeg decoded nothing", s.name);
+        for (mode, opts, gst) in [
+            (
+                "synthesized-seq",
+                Av1Options {
+                    include_sequence_header: false,
+                },
+                false,
+            ),
+            (
+                "seq-in-buffer",
+                Av1Options {
+                    include_sequence_header: true,
+                },
+                false,
+            ),
+            (
+                "gstreamer-payload",
+                Av1Options {
+                    include_sequence_header: false,
+                },
+                true,
+            ),
+        ] {
+            let got = decode(&file, opts, s.ten_bit, gst, |_, _| {});
+            let bad = compare(s.name, &got.shown, &want);
+            let line = format!(
+                "{:40} {:17} jobs {:3} shown {:3}/{:3} hidden {:2} show-existing {:2} keys {:2} tiles {:2} grain {:2} gst-jobs {:3} key-show replays {} errors {} mismatches {bad}",
+                s.name,
+                mode,
+                got.jobs,
+                got.shown.len(),
+                want.len(),
+                got.stats.hidden,
+                got.stats.show_existing,
+                got.stats.key_frames,
+                got.stats.max_tiles,
+                got.stats.film_grain,
+                got.gst_jobs,
+                got.replays,
+                got.errors.len(),
+            );
+            println!("{line}");
+            if !got.errors.is_empty() {
+                println!("  errors: {:?}", &got.errors[..got.errors.len().min(3)]);
+            }
+            summary.push((s.name, mode, got.stats, bad, got.errors.len()));
+            total_frames += want.len();
+            total_bad += bad;
+            total_streams += 1;
+        }
+    }
+    println!("AV1: {total_streams} stream runs, {total_frames} frames, {total_bad} mismatches");
+    let _ = std::fs::remove_dir_all(&dir);
+    // The streams must exercise what they are named after.
+    let find = |name: &str| summary.iter().find(|s| s.0 == name).unwrap().2;
+    let alt = find("altref_hidden_show_existing_96x64");
+    assert!(alt.hidden > 0 && alt.show_existing > 0, "{alt:?}");
+    assert!(find("tiles_4x2_two_tile_groups_256x144").max_tiles == 8);
+    assert!(find("film_grain_test_vector_96x64").film_grain > 0);
+    for (name, mode, _, bad, errors) in &summary {
+        assert_eq!((*bad, *errors), (0, 0), "{name} ({mode})");
+    }
+}
+
+#[test]
+fn av1_corrupt_frame_recovers_at_next_key_frame() {
+    let dir = tmpdir("corrupt");
+    let s = Stream {
+        name: "corrupt_96x64",
+        size: (96, 64),
+        frames: 24,
+        aomenc: &["--kf-min-dist=8", "--kf-max-dist=8", "--lag-in-frames=0"],
+        ten_bit: false,
+    };
+    let file = encode(&dir, &s);
+    let want = reference_md5s(&file, false);
+    // Job 3 (an inter frame) loses the second half of its tile data.
+    let got = decode(&file, Av1Options::default(), false, false, |i, job| {
+        if i == 3 {
+            let n = job.bitstream.len();
+            job.bitstream.truncate(n / 2);
+            job.bitstream[2..].iter_mut().for_each(|b| *b = 0xff);
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "corrupt stream: {} jobs, {} errors: {:?}",
+        got.jobs,
+        got.errors.len(),
+        got.errors
+    );
+    assert_eq!(got.shown.len(), want.len());
+    assert!(
+        matches!(got.errors.first(), Some((_, DecodeError::Corrupt(_)))),
+        "{:?}",
+        got.errors
+    );
+    // Jobs 4..7 wait for the key frame at job 8; from there on, all match.
+    assert!(got.errors[1..]
+        .iter()
+        .all(|(_, e)| matches!(e, DecodeError::WaitingForKeyframe)));
+    for i in 0..want.len() {
+        if i < 3 || i >= 8 {
+            assert_eq!(got.shown[i], want[i], "frame {i}");
+        } else {
+            assert!(got.shown[i].starts_with("error"), "frame {i}");
+        }
+    }
+}
