@@ -393,15 +393,20 @@ impl Session<'_> {
     fn ctx_open(&mut self, o: proto::CtxOpen) -> Result<(), ServeError> {
         // Opening an open context again (after S_FMT) replaces its session:
         // queued jobs are cancelled, the buffers stay registered.
-        let buffers = match self.ctxs.remove(&o.ctx_id) {
+        let (buffers, was_failed) = match self.ctxs.remove(&o.ctx_id) {
             Some(old) => {
                 tracing::info!(ctx = o.ctx_id, "context re-opened");
+                let was_failed = matches!(old.session, CtxSession::Failed(_));
                 self.end_session(old.session);
-                old.buffers
+                (old.buffers, was_failed)
             }
-            None => HashMap::new(),
+            None => (HashMap::new(), false),
         };
         let session = self.open_session(&o);
+        if was_failed && matches!(session, CtxSession::Live { .. }) {
+            // Withdraw the earlier refusal.
+            self.out.ctx_status(o.ctx_id, 0);
+        }
         self.ctxs.insert(o.ctx_id, Ctx { buffers, session });
         Ok(())
     }

@@ -702,3 +702,52 @@ fn held_slices_share_one_capture_buffer() {
     sd.trigger();
     assert!(matches!(join_timeout(t, 5 * SEC), Ok(SessionEnd::Shutdown)));
 }
+
+#[test]
+fn reopening_a_refused_context_withdraws_the_refusal() {
+    let (t, _sd, sock, _log) = spawn_server(1, Duration::ZERO);
+    raw_send(&sock, &hello(proto::DV_FEAT_ALL), &[]);
+    recv_timeout(&sock, 5 * SEC).unwrap();
+    let d = fmt::try_decoded(fmt::PIX_FMT_NV12, 64, 48);
+    let mut planes = [proto::PlaneFmt::default(); 4];
+    planes[0] = proto::PlaneFmt {
+        bytesperline: d.planes[0].bytesperline,
+        sizeimage: d.planes[0].sizeimage,
+    };
+    let good = proto::CtxOpen {
+        ctx_id: 3,
+        codec: 1,
+        coded_fourcc: fmt::PIX_FMT_H264_SLICE,
+        capture_fourcc: fmt::PIX_FMT_NV12,
+        width: 64,
+        height: 48,
+        num_planes: 1,
+        reserved: 0,
+        planes,
+    };
+    // Coded format of another codec: refused.
+    let bad = proto::CtxOpen {
+        coded_fourcc: fmt::PIX_FMT_VP8_FRAME,
+        ..good
+    };
+    let status = |sock: &daedalus_daemon::transport::SeqPacket| match proto::decode(
+        &recv_timeout(sock, 5 * SEC).unwrap(),
+    )
+    .unwrap()
+    {
+        Message::CtxStatus(s) => (s.ctx_id, s.error),
+        m => panic!("{m:?}"),
+    };
+    raw_send(&sock, &Message::CtxOpen(bad), &[]);
+    assert_eq!(status(&sock), (3, EINVAL));
+    raw_send(&sock, &Message::CtxOpen(good), &[]);
+    assert_eq!(status(&sock), (3, 0));
+    // A good context re-opened as good says nothing.
+    raw_send(&sock, &Message::CtxOpen(good), &[]);
+    assert!(recv_timeout(&sock, Duration::from_millis(200)).is_err());
+    drop(sock);
+    assert!(matches!(
+        join_timeout(t, 5 * SEC),
+        Ok(SessionEnd::PeerClosed)
+    ));
+}
