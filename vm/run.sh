@@ -94,9 +94,8 @@ esac
 
 # ---------------------------------------------------------------- run directory
 mkdir -p "$VM_CACHE/runs" "$VM_CACHE/logs"
-# kept (failed) runs: only the newest 10 stay
-# shellcheck disable=SC2012
-{ ls -1dt "$VM_CACHE"/runs/run.* 2>/dev/null || true; } | tail -n +11 | while read -r old; do rm -rf "$old"; done
+# run directories kept by failed (or killed) runs are dropped after 3 hours; running ones are younger
+find "$VM_CACHE/runs" -mindepth 1 -maxdepth 1 -name 'run.*' -mmin +180 -exec rm -rf {} + 2>/dev/null || true
 RUN=$(mktemp -d "$VM_CACHE/runs/run.XXXXXX")
 CTL=$RUN/ctl
 mkdir -p "$CTL"

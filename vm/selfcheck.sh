@@ -52,6 +52,19 @@ if [ $rc = 0 ] && [ -f "$VM_CACHE/selfcheck-write" ]; then pass "checkout shared
     fail "checkout not usable at the same path: exit $rc"; fi
 rm -f "$VM_CACHE/selfcheck-write"
 
+# a host-built binary linked against a bookworm-only library (libdav1d.so.6; trixie has .so.7)
+hb=$VM_CACHE/hostbin
+mkdir -p "$hb"
+printf '#include <dav1d/dav1d.h>\n#include <stdio.h>\nint main(void) { printf("dav1d %%s\\n", dav1d_version()); return 0; }\n' >"$hb/dav1d-version.c"
+if gcc -O2 -o "$hb/dav1d-version" "$hb/dav1d-version.c" -ldav1d 2>"$err"; then
+    want=$("$hb/dav1d-version")
+    vmrun "$RUN" "$hb/dav1d-version"
+    if [ $rc = 0 ] && [ "$(cat "$out")" = "$want" ]; then pass "host-built binary with bookworm-only libdav1d.so.6 runs in the guest ($want)"; else
+        fail "host binary in the guest: exit $rc, '$(cat "$out")' (host: '$want')"; fi
+else
+    echo "selfcheck: skip host-library check (no libdav1d-dev on this host)"
+fi
+
 # --------------------------------------------------------------- kernel problems
 vmrun "$RUN" 'echo c > /proc/sysrq-trigger; sleep 30'
 expect "a kernel crash (sysrq c) fails the run" 125 'Kernel panic|sysrq: Trigger a crash'

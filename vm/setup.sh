@@ -140,6 +140,33 @@ if [ "$(cat "$GMOD/.vm-stamp" 2>/dev/null)" != "$MOD_STAMP" ]; then
     echo "$MOD_STAMP" >"$GMOD/.vm-stamp"
 fi
 
+# ---------------------------------------------------------------- host libraries for host binaries
+# Binaries built on the host link against bookworm libraries (libavcodec.so.59, libdav1d.so.6...)
+# that trixie has under newer sonames. Every host library whose soname the guest root lacks is
+# hard-linked (copied across file systems) into one directory on the guest's library path; sonames
+# present in both resolve to trixie's own (newer, compatible) copy, so trixie's tools are unaffected.
+COMPAT=$ROOTFS/usr/local/lib/vm-host-libs
+# "soname path" of the host's libraries; the guest's sonames apart from this directory's own
+host_libs=$(ldconfig -p | awk '/x86-64/ && $1 ~ /\.so\./ && !seen[$1]++ {print $1, $NF}')
+guest_sonames=$(ldconfig -C "$ROOTFS/etc/ld.so.cache" -p |
+    awk '/x86-64/ && $NF !~ "^/usr/local/lib/vm-host-libs/" {print $1}')
+host_only=$(awk 'NR==FNR {g[$1]=1; next} !($1 in g)' <(echo "$guest_sonames") <(echo "$host_libs"))
+COMPAT_STAMP=$( (echo "$host_only"; awk '{print $2}' <<<"$host_only" | xargs -r stat -L -c '%i %Y %s' 2>/dev/null) |
+    sha256sum | cut -c1-16)
+if [ "$(cat "$COMPAT/.vm-stamp" 2>/dev/null)" != "$COMPAT_STAMP" ]; then
+    vm_log "linking $(grep -c . <<<"$host_only") host-only libraries into the guest root"
+    rm -rf "$COMPAT"
+    mkdir -p "$COMPAT"
+    while read -r so path; do
+        [ -n "$so" ] || continue
+        real=$(readlink -f "$path")
+        ln "$real" "$COMPAT/$so" 2>/dev/null || cp "$real" "$COMPAT/$so"
+    done <<<"$host_only"
+    echo /usr/local/lib/vm-host-libs >"$ROOTFS/etc/ld.so.conf.d/zz-vm-host-libs.conf"
+    chroot "$ROOTFS" /sbin/ldconfig
+    echo "$COMPAT_STAMP" >"$COMPAT/.vm-stamp"
+fi
+
 # ---------------------------------------------------------------- initramfs
 # Only what is needed to mount the 9p root: everything else is modprobe'd from the trixie root.
 INITRD_MODS="9p 9pnet_virtio"
