@@ -54,3 +54,8 @@ corpus:
 test-corpus: corpus
     cargo build --release -p daedalus
     bash scripts/corpus-check.sh
+
+# Frames/s of `daedalus decode` against direct libavcodec/dav1d decode of 1080p streams, as ratios.
+bench:
+    cargo build --release -p daedalus
+    bash scripts/bench.sh

@@ -328,6 +328,10 @@ fn emit(
     infos: &BTreeMap<u64, PictureInfo>,
     sink: &mut Sink,
 ) -> Result<()> {
+    sink.frames += 1;
+    if sink.yuv.is_none() && sink.md5.is_none() {
+        return Ok(());
+    }
     let f = emb.capture_format();
     let planes = emb.capture_planes(idx);
     let visible = infos
@@ -340,6 +344,5 @@ fn emit(
     if let Some(m) = sink.md5.as_mut() {
         m.frame(&packed)?;
     }
-    sink.frames += 1;
     Ok(())
 }

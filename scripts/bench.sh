@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Benchmarks `daedalus decode` (embedded stack) against a direct decode of the
+# same 1080p stream by libavcodec / dav1d (through ffmpeg) with the same
+# thread count, in one run, and prints frames/s and their ratio per codec.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${CARGO_TARGET_DIR:-$root/target}/release/daedalus
+dir=$root/.cache/bench
+frames=${BENCH_FRAMES:-120}
+threads=${BENCH_THREADS:-1}
+mkdir -p "$dir"
+ff() { ffmpeg -nostdin -hide_banner -loglevel error -y "$@"; }
+src="-f lavfi -i testsrc2=size=1920x1080:rate=30,format=yuv420p -frames:v $frames"
+[ -s "$dir/h264.h264" ] || ff $src -c:v libx264 -preset veryfast -bf 3 "$dir/h264.h264"
+[ -s "$dir/vp9.ivf" ] || ff $src -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 4M "$dir/vp9.ivf"
+[ -s "$dir/av1.ivf" ] || ff $src -c:v libsvtav1 -preset 12 "$dir/av1.ivf"
+
+# best of 3 wall-clock seconds of a command
+best() {
+    local best=""
+    for _ in 1 2 3; do
+        local t0 t1
+        t0=$(date +%s.%N)
+        "$@" >/dev/null 2>&1 || { echo "fail"; return; }
+        t1=$(date +%s.%N)
+        local d; d=$(echo "$t1 - $t0" | bc -l)
+        if [ -z "$best" ] || [ "$(echo "$d < $best" | bc -l)" = 1 ]; then best=$d; fi
+    done
+    echo "$best"
+}
+status=0
+printf '%-6s %12s %12s %8s\n' codec "direct fps" "daedalus fps" ratio
+for s in h264:h264.h264:h264 vp9:vp9.ivf:libvpx-vp9 av1:av1.ivf:libdav1d; do
+    IFS=: read -r name file dec <<< "$s"
+    direct=$(best ffmpeg -nostdin -loglevel error -threads "$threads" -c:v "$dec" -i "$dir/$file" -f null -)
+    ours=$(best "$bin" decode "$dir/$file" --threads "$threads")
+    if [ "$direct" = fail ]; then
+        printf '%-6s %12s\n' "$name" "direct decode FAILED"; status=1; continue
+    fi
+    fd=$(echo "$frames / $direct" | bc -l)
+    if [ "$ours" = fail ]; then
+        printf '%-6s %12.1f %12s %8s\n' "$name" "$fd" FAILED -; status=1; continue
+    fi
+    fo=$(echo "$frames / $ours" | bc -l)
+    printf '%-6s %12.1f %12.1f %8.3f\n' "$name" "$fd" "$fo" "$(echo "$fo / $fd" | bc -l)"
+done
+exit $status
