@@ -10,7 +10,7 @@ log=$(mktemp)
 trap 'rm -f "$sum" "$log"' EXIT
 start=$(date +%s)
 rc=0
-VM_MODPROBE="visl vicodec ${VM_MODPROBE:-}" VM_SUMMARY=$sum VM_TIMEOUT=${VM_TIMEOUT:-1200} \
+VM_ENV="${VM_ENV:-} VM_SELFTEST_FULL" VM_MODPROBE="visl vicodec ${VM_MODPROBE:-}" VM_SUMMARY=$sum VM_TIMEOUT=${VM_TIMEOUT:-1200} \
     "$VM_DIR/run.sh" "$VM_DIR/selftest-guest.sh" | tee "$log" || rc=$?
 end=$(date +%s)
 echo "================ vm-selftest summary"
