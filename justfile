@@ -29,6 +29,10 @@ uapi:
 # Native test suites (no VM): unit, property (>= 100,000 steps), golden, layout, scenario tests.
 test-native: uapi
     cargo test --workspace --release
+    @echo "== state machine property run (step count):"
+    cargo test -q --release -p decoder-core --test state_props -- --nocapture 2>&1 | grep -E 'state machine:|jobs done|test result'
+    @echo "== scenarios on decoder-core:"
+    cargo test -q --release -p decoder-core --test scenarios -- --nocapture 2>&1 | grep -E '^scenario|scenarios,|test result'
 
 # Every test: lints, native suites, then the VM suites.
 test: lint test-native test-corpus test-vm

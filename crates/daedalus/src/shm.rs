@@ -34,7 +34,7 @@ impl SharedPlane {
                 std::ptr::null_mut(),
                 len.max(1),
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
+                MapFlags::SHARED | MapFlags::POPULATE,
                 &fd,
                 0,
             )?
