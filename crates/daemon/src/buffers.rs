@@ -340,17 +340,35 @@ impl RegisteredBuffer {
         self.planes.get(i).map_or(0, |p| p.len)
     }
 
-    fn sync(&self, flags: u64) -> Result<(), BufferError> {
-        for fd in &self.sync_fds {
-            dma_buf_sync(fd, flags).map_err(sys("DMA_BUF_IOCTL_SYNC"))?;
+    /// Starts CPU access (`rw`: `DMA_BUF_SYNC_READ` / `_WRITE`) on every
+    /// dmabuf; on failure the ones already started are ended again.
+    fn sync_start(&self, rw: u64) -> Result<(), BufferError> {
+        for (i, fd) in self.sync_fds.iter().enumerate() {
+            if let Err(e) = dma_buf_sync(fd, DMA_BUF_SYNC_START | rw) {
+                for fd in &self.sync_fds[..i] {
+                    let _ = dma_buf_sync(fd, DMA_BUF_SYNC_END | rw);
+                }
+                return Err(sys("DMA_BUF_IOCTL_SYNC")(e));
+            }
         }
         Ok(())
+    }
+
+    /// Ends CPU access on every dmabuf.
+    fn sync_end(&self, rw: u64) -> Result<(), BufferError> {
+        let mut r = Ok(());
+        for fd in &self.sync_fds {
+            if let Err(e) = dma_buf_sync(fd, DMA_BUF_SYNC_END | rw) {
+                r = Err(sys("DMA_BUF_IOCTL_SYNC")(e));
+            }
+        }
+        r
     }
 
     /// Starts reading the buffer (waits for another access to end).
     pub fn read(&self) -> Result<CpuRead<'_>, BufferError> {
         let guard = self.lock.lock();
-        self.sync(DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ)?;
+        self.sync_start(DMA_BUF_SYNC_READ)?;
         Ok(CpuRead {
             buf: self,
             _guard: guard,
@@ -363,7 +381,7 @@ impl RegisteredBuffer {
             return Err(BufferError::ReadOnly);
         }
         let guard = self.lock.lock();
-        self.sync(DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE)?;
+        self.sync_start(DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE)?;
         Ok(CpuWrite {
             buf: self,
             _guard: guard,
@@ -402,7 +420,7 @@ impl CpuRead<'_> {
 
 impl Drop for CpuRead<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.buf.sync(DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ) {
+        if let Err(e) = self.buf.sync_end(DMA_BUF_SYNC_READ) {
             tracing::warn!("ending CPU read: {e}");
         }
     }
@@ -433,10 +451,7 @@ impl CpuWrite<'_> {
 
 impl Drop for CpuWrite<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self
-            .buf
-            .sync(DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE)
-        {
+        if let Err(e) = self.buf.sync_end(DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE) {
             tracing::warn!("ending CPU write: {e}");
         }
     }
@@ -632,6 +647,26 @@ mod tests {
         // An empty plane maps nothing and reads as empty.
         let b = RegisteredBuffer::map(&reg(DV_QUEUE_OUTPUT, &[(0, 0, 0)]), vec![memfd(0)]).unwrap();
         assert_eq!(b.read().unwrap().bitstream(0).unwrap(), b"");
+    }
+
+    #[test]
+    fn dma_buf_sync_matches_the_uapi() {
+        // <linux/dma-buf.h>: _IOW('b', 0, struct dma_buf_sync).
+        assert_eq!(DMA_BUF_IOCTL_SYNC as u64, 0x4008_6200);
+        assert_eq!(size_of::<DmaBufSync>(), 8);
+    }
+
+    #[test]
+    fn a_dmabuf_that_is_not_one_fails_access_not_the_process() {
+        // A memfd registered as a dmabuf: sized through lseek, mapped, but
+        // the sync ioctl is refused, so CPU access fails cleanly.
+        let mut r = reg(DV_QUEUE_CAPTURE, &[(0, 0, 4096)]);
+        r.memory = DV_MEM_DMABUF;
+        let b = RegisteredBuffer::map(&r, vec![memfd(4096)]).unwrap();
+        assert_eq!(b.plane_len(0), 4096);
+        let e = b.write().unwrap_err();
+        assert_eq!(e.errno(), Errno::NOTTY.raw_os_error());
+        assert!(b.read().is_err());
     }
 
     fn open(fourcc: u32, w: u32, h: u32) -> CtxOpen {
