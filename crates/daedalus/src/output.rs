@@ -83,6 +83,7 @@ impl<W: Write> FrameMd5<W> {
 }
 
 /// The hash column of a framemd5 text, one entry per frame.
+#[cfg(test)]
 pub fn framemd5_hashes(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

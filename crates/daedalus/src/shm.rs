@@ -49,13 +49,9 @@ impl SharedPlane {
     }
 
     /// Size in bytes.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// True for a zero-sized plane.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The plane's bytes.
