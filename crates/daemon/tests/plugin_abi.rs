@@ -159,6 +159,16 @@ fn non_library_is_a_load_error() {
 }
 
 #[test]
+fn unresolved_symbols_fail_at_load() {
+    let (_, err) = load_err("PLUGIN_UNRESOLVED");
+    assert!(matches!(err, PluginError::Load { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("daedalus_test_undefined_function"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_entry_point() {
     let (_, err) = load_err("PLUGIN_NO_ENTRY");
     match err {

@@ -622,11 +622,14 @@ impl PluginLibrary {
     /// initialisers: only configure libraries you trust.
     pub fn load(path: impl AsRef<Path>) -> Result<Arc<Self>, PluginError> {
         let path = path.as_ref().to_path_buf();
+        // RTLD_NOW: a symbol the plugin needs but no library provides is a
+        // load error now, not a crash at its first call.
+        let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL;
         // SAFETY: loading a library runs its initialisers; the daemon only
         // loads the plugin its operator configured, which the ABI requires
         // to have no initialisers with side effects on the host.
-        let lib = match unsafe { libloading::Library::new(&path) } {
-            Ok(lib) => lib,
+        let lib = match unsafe { libloading::os::unix::Library::open(Some(&path), flags) } {
+            Ok(lib) => libloading::Library::from(lib),
             Err(source) => return Err(PluginError::Load { path, source }),
         };
         // SAFETY: the ABI defines the entry point with exactly the

@@ -12,6 +12,7 @@
  *   PLUGIN_NULL_DECODE  descriptor without a decode function
  *   PLUGIN_NULL_NAME    descriptor without a name
  *   PLUGIN_SHORT        struct_size smaller than ABI 1.0's descriptor
+ *   PLUGIN_UNRESOLVED   needs a function no library defines
  *
  * Built by crates/daemon/tests/plugins/mod.rs with cc -shared.
  */
@@ -41,6 +42,10 @@ static int32_t create(const struct daedalus_session_params *params,
 	return 0;
 }
 
+#ifdef PLUGIN_UNRESOLVED
+void daedalus_test_undefined_function(void);
+#endif
+
 /* Unused in the PLUGIN_NULL_DECODE variant. */
 __attribute__((unused))
 static int32_t decode(struct daedalus_session *session,
@@ -56,6 +61,9 @@ static int32_t decode(struct daedalus_session *session,
 	uint32_t i, y, x;
 
 	(void)session;
+#ifdef PLUGIN_UNRESOLVED
+	daedalus_test_undefined_function();
+#endif
 	if (job->flags & DAEDALUS_JOB_MORE_SLICES)
 		return DAEDALUS_HELD;
 	for (i = 0; i < 2; i++) {
