@@ -11,28 +11,31 @@ use std::sync::Arc;
 use decoder_core::proto::{self, Message, DV_STATUS_DONE, DV_STATUS_ERROR};
 use rustix::io::Errno;
 
-use crate::transport::Transport;
+use crate::transport::{Shutdown, Transport};
 
 /// The sending half of a connection, shared by the reader and the workers.
 pub(crate) struct Outbox {
     transport: Arc<dyn Transport>,
+    shutdown: Shutdown,
     seq: AtomicU32,
 }
 
 impl Outbox {
-    pub(crate) fn new(transport: Arc<dyn Transport>) -> Self {
+    pub(crate) fn new(transport: Arc<dyn Transport>, shutdown: Shutdown) -> Self {
         Outbox {
             transport,
+            shutdown,
             seq: AtomicU32::new(0),
         }
     }
 
-    /// Sends a message; a failure (connection gone) is logged only: the
-    /// reader notices the end of the connection on its side.
+    /// Sends a message; a failure (connection gone, or shutdown while the
+    /// frontend was not reading) is logged only: the reader notices the end
+    /// of the connection on its side.
     pub(crate) fn send(&self, m: &Message<'_>) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let bytes = m.to_bytes(seq);
-        if let Err(e) = self.transport.send(&bytes, &[]) {
+        if let Err(e) = self.transport.send_until(&bytes, &[], &self.shutdown) {
             tracing::debug!(kind = ?m.kind(), "send failed: {e}");
         }
     }

@@ -165,7 +165,7 @@ impl Server {
             cfg: &self.cfg,
             permits: &self.permits,
             transport: transport.clone(),
-            out: Arc::new(Outbox::new(transport.clone())),
+            out: Arc::new(Outbox::new(transport.clone(), shutdown.clone())),
             agreed: None,
             ctxs: HashMap::new(),
             retired: Vec::new(),

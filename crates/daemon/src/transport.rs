@@ -93,6 +93,20 @@ pub trait Transport: Send + Sync {
     /// Sends one datagram, with `fds` attached when non-empty.
     fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError>;
 
+    /// Like [`Transport::send`], but gives up with
+    /// [`TransportError::Shutdown`] once `shutdown` is triggered while
+    /// waiting for room (a frontend that stopped reading must not keep the
+    /// daemon from exiting). The default waits like `send`.
+    fn send_until(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        shutdown: &Shutdown,
+    ) -> Result<(), TransportError> {
+        let _ = shutdown;
+        self.send(bytes, fds)
+    }
+
     /// Waits for one datagram and stores it at the front of `buf` (which
     /// must hold [`DV_MAX_MSG_SIZE`] bytes). Returns
     /// [`TransportError::Shutdown`] as soon as `shutdown` is triggered.
@@ -267,8 +281,13 @@ impl AsFd for SeqPacket {
     }
 }
 
-impl Transport for SeqPacket {
-    fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+impl SeqPacket {
+    fn send_with(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        flags: SendFlags,
+    ) -> Result<(), TransportError> {
         if fds.len() > MAX_FDS_PER_MSG {
             return Err(TransportError::TooManyFds(fds.len()));
         }
@@ -279,7 +298,7 @@ impl Transport for SeqPacket {
         }
         let iov = [IoSlice::new(bytes)];
         loop {
-            match rustix::net::sendmsg(&self.fd, &iov, &mut control, SendFlags::NOSIGNAL) {
+            match rustix::net::sendmsg(&self.fd, &iov, &mut control, SendFlags::NOSIGNAL | flags) {
                 Err(Errno::INTR) => continue,
                 Ok(n) if n == bytes.len() => return Ok(()),
                 Ok(n) => {
@@ -289,6 +308,37 @@ impl Transport for SeqPacket {
                     ))))
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Transport for SeqPacket {
+    fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+        self.send_with(bytes, fds, SendFlags::empty())
+    }
+
+    fn send_until(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        shutdown: &Shutdown,
+    ) -> Result<(), TransportError> {
+        loop {
+            match self.send_with(bytes, fds, SendFlags::DONTWAIT) {
+                Err(TransportError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return r,
+            }
+            let mut pfd = [
+                PollFd::new(&self.fd, PollFlags::OUT),
+                PollFd::new(&shutdown.inner.read, PollFlags::IN),
+            ];
+            match poll(&mut pfd, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if !pfd[1].revents().is_empty() {
+                return Err(TransportError::Shutdown);
             }
         }
     }

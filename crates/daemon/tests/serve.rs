@@ -751,3 +751,35 @@ fn reopening_a_refused_context_withdraws_the_refusal() {
         Ok(SessionEnd::PeerClosed)
     ));
 }
+
+#[test]
+fn shutdown_is_not_blocked_by_a_frontend_that_stopped_reading() {
+    let (t, sd, sock, _log) = spawn_server(1, Duration::ZERO);
+    raw_send(&sock, &hello(proto::DV_FEAT_ALL), &[]);
+    recv_timeout(&sock, 5 * SEC).unwrap();
+    // Jobs of an unknown context are answered at once; never read the
+    // answers, so the daemon's reader ends up blocked sending.
+    let job = Message::Decode(
+        proto::DecodeJob {
+            ctx_id: 42,
+            cookie: 1,
+            ..Default::default()
+        },
+        vec![],
+    )
+    .to_bytes(1);
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sock.send(&job, &[]).is_ok() {
+            sent += 1;
+        }
+        (sent, sock)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!t.is_finished());
+    sd.trigger();
+    assert!(matches!(join_timeout(t, 5 * SEC), Ok(SessionEnd::Shutdown)));
+    // The daemon closed the connection, which ends the writer too.
+    let (sent, _sock) = join_timeout(writer, 5 * SEC);
+    assert!(sent > 100, "only {sent} jobs went out");
+}
