@@ -261,7 +261,7 @@ unsafe extern "C" fn destroy(session: *mut Session) {
 fn set_message(result: &mut DecodeResult, text: &str) {
     let n = text.len().min(MESSAGE_SIZE - 1);
     for (d, &b) in result.message.iter_mut().zip(&text.as_bytes()[..n]) {
-        *d = b as c_char;
+        *d = c_char::from_ne_bytes([b]);
     }
     result.message[n] = 0;
 }

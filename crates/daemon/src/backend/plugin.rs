@@ -677,12 +677,21 @@ impl PluginLibrary {
                 minor,
             });
         }
-        // A newer minor may append fields we do not know: read our prefix.
-        // SAFETY: the descriptor has at least `DESCRIPTOR_MIN_SIZE` =
-        // `size_of::<Descriptor>()` bytes (checked above) and is aligned;
-        // every bit pattern of its fields is valid (integers, raw pointers,
-        // nullable function pointers).
-        let d: abi::Descriptor = unsafe { std::ptr::read(desc) };
+        // Read the fields both sides know: a newer minor may have appended
+        // fields after ours (ignored), and once this host knows a newer
+        // minor than the plugin, the fields it lacks stay zero (absent).
+        let known = (size as usize).min(size_of::<abi::Descriptor>());
+        let mut d = std::mem::MaybeUninit::<abi::Descriptor>::zeroed();
+        // SAFETY: the plugin's descriptor has `size` >= `known` readable
+        // bytes (ABI: `struct_size` is its real size), `d` has room for
+        // `known` bytes, and the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(desc.cast::<u8>(), d.as_mut_ptr().cast::<u8>(), known)
+        };
+        // SAFETY: every field of `Descriptor` is valid for any bit pattern,
+        // zero included (integers, raw pointers, nullable function
+        // pointers), so the partly copied, partly zeroed value is valid.
+        let d = unsafe { d.assume_init() };
         let null = |field: &'static str| PluginError::NullPointer {
             path: path.clone(),
             field,
@@ -985,7 +994,7 @@ fn message(result: &abi::DecodeResult) -> String {
     let bytes: Vec<u8> = result
         .message
         .iter()
-        .map(|&c| c as u8)
+        .map(|&c| c.to_ne_bytes()[0])
         .take_while(|&b| b != 0)
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
