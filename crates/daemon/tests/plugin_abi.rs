@@ -99,6 +99,57 @@ fn c_header_matches_rust_layout() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The Raspberry Pi 5 is aarch64: a cross C compiler (clang) must lay the
+/// header out as the Rust side does here (every LP64 target agrees).
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn c_header_layout_on_aarch64() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("abi-aarch64-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = String::from("#include <stddef.h>\n#include \"daedalus_backend.h\"\n");
+    let mut n = 0;
+    for (name, size, fields) in abi::layouts() {
+        c.push_str(&format!(
+            "_Static_assert(sizeof(struct {name}) == {size}, \"{name}\");\n"
+        ));
+        for f in fields {
+            c.push_str(&format!(
+                "_Static_assert(offsetof(struct {name}, {0}) == {1} && \
+                 sizeof(((struct {name} *)0)->{0}) == {2}, \"{name}.{0}\");\n",
+                f.name, f.offset, f.size
+            ));
+            n += 1;
+        }
+    }
+    let src = dir.join("aarch64.c");
+    std::fs::write(&src, c).unwrap();
+    let Ok(out) = Command::new("clang")
+        .args([
+            "--target=aarch64-linux-gnu",
+            "-ffreestanding",
+            "-std=c11",
+            "-Wall",
+            "-Werror",
+            "-fsyntax-only",
+            "-I",
+        ])
+        .arg(root().join("include"))
+        .arg(&src)
+        .output()
+    else {
+        eprintln!("no clang: aarch64 layout not checked");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "aarch64 layout differs:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("checked {n} fields for aarch64");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn header_compiles_as_cxx() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
