@@ -74,6 +74,13 @@ pub use crate::worker::BackendFactory;
 pub const SUPPORTED_FEATURES: u64 =
     DV_FEAT_DMABUF | DV_FEAT_MEMFD | DV_FEAT_CANCEL | DV_FEAT_HOLD_CAPTURE;
 
+/// Most contexts open at once on one connection; opening more ends the
+/// connection (a frontend bug, or an attempt to exhaust the daemon).
+pub const MAX_CONTEXTS: usize = 1024;
+
+/// Buffer indexes accepted per queue (V4L2 queues hold far fewer).
+pub const MAX_BUFFER_INDEX: u32 = 256;
+
 /// Configuration of a [`Server`].
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -391,6 +398,9 @@ impl Session<'_> {
     }
 
     fn ctx_open(&mut self, o: proto::CtxOpen) -> Result<(), ServeError> {
+        if !self.ctxs.contains_key(&o.ctx_id) && self.ctxs.len() >= MAX_CONTEXTS {
+            return Err(unexpected(format!("more than {MAX_CONTEXTS} contexts")));
+        }
         // Opening an open context again (after S_FMT) replaces its session:
         // queued jobs are cancelled, the buffers stay registered.
         let (buffers, was_failed) = match self.ctxs.remove(&o.ctx_id) {
@@ -460,6 +470,9 @@ impl Session<'_> {
     }
 
     fn buf_register(&mut self, r: proto::BufRegister, fds: Vec<OwnedFd>) -> Result<(), ServeError> {
+        if r.index >= MAX_BUFFER_INDEX {
+            return Err(unexpected(format!("buffer index {}", r.index)));
+        }
         let Some(c) = self.ctxs.get_mut(&r.ctx_id) else {
             // Unknown context: the descriptors are closed here.
             tracing::debug!(ctx = r.ctx_id, "buffer of an unknown context");

@@ -550,6 +550,21 @@ fn garbage_drops_the_connection_without_panic() {
     );
     assert_dropped(t, &sock);
 
+    // A buffer index no V4L2 queue has.
+    let (t, sock) = attached();
+    let mut reg = proto::BufRegister {
+        ctx_id: 1,
+        queue: 0,
+        index: daedalus_daemon::server::MAX_BUFFER_INDEX,
+        num_planes: 1,
+        memory: proto::DV_MEM_MEMFD,
+        reserved: 0,
+        planes: [proto::BufPlane::default(); 4],
+    };
+    reg.planes[0].length = 1;
+    raw_send(&sock, &Message::BufRegister(reg), &[fd.as_fd()]);
+    assert_dropped(t, &sock);
+
     // Anything but a hello first; a hello of another major version.
     let (t, _sd, sock, _log) = spawn_server(1, Duration::ZERO);
     raw_send(&sock, &Message::CtxClose(proto::CtxClose::default()), &[]);
