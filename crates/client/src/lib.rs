@@ -18,6 +18,8 @@ use decoder_core::ctrl::{Codec, ControlValues};
 pub mod av1;
 pub mod h264;
 pub mod ivf;
+pub mod vp8;
+pub mod vp9;
 
 pub use ivf::{FrameEvent, FrameStreamParser};
 
