@@ -139,3 +139,49 @@ impl Drop for Reply {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::SeqPacket;
+    use decoder_core::proto::DV_MAX_MSG_SIZE;
+
+    fn results(peer: &SeqPacket) -> Vec<proto::JobResult> {
+        let mut buf = vec![0u8; DV_MAX_MSG_SIZE as usize];
+        let mut v = Vec::new();
+        // Drain what is queued.
+        while let Ok(r) = peer.try_recv(&mut buf) {
+            match proto::decode(&buf[..r]).unwrap() {
+                Message::Result(r) => v.push(r),
+                m => panic!("{m:?}"),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn every_reply_answers_exactly_once() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let out = Arc::new(Outbox::new(Arc::new(a), Shutdown::new().unwrap()));
+        Reply::new(out.clone(), 1, 10).done([5, 6, 0, 0], proto::DV_RESULT_KEYFRAME);
+        Reply::new(out.clone(), 1, 11).error(-22);
+        Reply::new(out.clone(), 1, 12).error(0);
+        drop(Reply::new(out.clone(), 2, 13));
+        let r = results(&b);
+        let got: Vec<_> = r
+            .iter()
+            .map(|r| (r.ctx_id, r.cookie, r.status, r.error))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 10, DV_STATUS_DONE, 0),
+                (1, 11, DV_STATUS_ERROR, 22),
+                (1, 12, DV_STATUS_ERROR, 5),
+                (2, 13, DV_STATUS_ERROR, 5),
+            ]
+        );
+        assert_eq!(r[0].bytesused, [5, 6, 0, 0]);
+        assert_eq!(r[0].flags, proto::DV_RESULT_KEYFRAME);
+    }
+}

@@ -234,6 +234,12 @@ impl SeqPacket {
         self.recv_now(buf, RecvFlags::empty())
     }
 
+    /// Receives one datagram if one is queued, without waiting; returns its
+    /// length (descriptors are closed). For tests and diagnostics.
+    pub fn try_recv(&self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        self.recv_now(buf, RecvFlags::DONTWAIT).map(|r| r.len)
+    }
+
     fn recv_now(&self, buf: &mut [u8], extra: RecvFlags) -> Result<Received, TransportError> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MSG))];
         let mut control = RecvAncillaryBuffer::new(&mut space);

@@ -291,3 +291,44 @@ fn decode_one(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn semaphore_bounds_concurrency() {
+        let sem = Arc::new(Semaphore::new(3));
+        let running = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (sem, running, max) = (sem.clone(), running.clone(), max.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..5 {
+                        let _p = sem.acquire();
+                        let n = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        max.fetch_max(n, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(max.load(Ordering::SeqCst), 3);
+        assert_eq!(*sem.free.lock(), 3);
+        assert_eq!(*Semaphore::new(0).free.lock(), 1);
+    }
+
+    #[test]
+    fn errnos_of_decode_errors() {
+        assert_eq!(decode_errno(&DecodeError::Corrupt(String::new())), 74);
+        assert_eq!(decode_errno(&DecodeError::MissingReference(1)), 61);
+        assert_eq!(decode_errno(&DecodeError::CaptureTooSmall), 28);
+        assert_eq!(decode_errno(&DecodeError::Unsupported(String::new())), 95);
+    }
+}
