@@ -23,23 +23,13 @@ use decoder_core::state::{
     BUF_FLAG_ERROR, BUF_FLAG_M2M_HOLD_CAPTURE_BUF,
 };
 
+use crate::frontend::{Frontend, Picture};
 use crate::shm::SharedPlane;
 
 /// OUTPUT buffers (bitstream) in the pool.
 pub const OUTPUT_BUFFERS: u32 = 4;
 /// CAPTURE buffers: a full H.264 DPB plus reordering headroom.
 pub const CAPTURE_BUFFERS: u32 = 32;
-
-/// A picture dequeued from CAPTURE.
-#[derive(Debug, Clone, Copy)]
-pub struct Picture {
-    /// CAPTURE buffer index.
-    pub index: u32,
-    /// Timestamp of the job that produced it.
-    pub timestamp: u64,
-    /// The job failed.
-    pub error: bool,
-}
 
 /// One decoding context of the embedded stack.
 #[derive(Debug)]
@@ -173,14 +163,20 @@ impl Embedded {
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
+}
 
+impl Frontend for Embedded {
     /// The negotiated CAPTURE format.
-    pub fn capture_format(&self) -> PixFormat {
+    fn capture_format(&self) -> PixFormat {
         self.cap_fmt
     }
 
     /// The memory planes of a CAPTURE buffer.
-    pub fn capture_planes(&self, index: u32) -> Vec<&[u8]> {
+    fn capture_count(&self) -> u32 {
+        self.cap_bufs.len() as u32
+    }
+
+    fn capture_planes(&self, index: u32) -> Vec<&[u8]> {
         self.cap_bufs[index as usize]
             .iter()
             .map(|p| p.bytes())
@@ -188,7 +184,7 @@ impl Embedded {
     }
 
     /// Queues a CAPTURE buffer for decoding into.
-    pub fn queue_capture(&mut self, index: u32) -> Result<()> {
+    fn queue_capture(&mut self, index: u32) -> Result<()> {
         let now = self.now();
         self.dev
             .qbuf(
@@ -204,13 +200,13 @@ impl Embedded {
     }
 
     /// True when an OUTPUT buffer is free for [`Embedded::submit`].
-    pub fn can_submit(&self) -> bool {
+    fn can_submit(&self) -> bool {
         !self.free_out.is_empty()
     }
 
     /// Submits one job through a media request: its controls into the
     /// request, its bitstream into a free OUTPUT buffer.
-    pub fn submit(
+    fn submit(
         &mut self,
         controls: &ControlValues,
         bitstream: &[u8],
@@ -271,7 +267,7 @@ impl Embedded {
     }
 
     /// Releases a held CAPTURE buffer (end of stream, multi-slice pictures).
-    pub fn flush(&mut self) -> Result<()> {
+    fn flush(&mut self) -> Result<()> {
         self.dev
             .decoder_flush(self.ctx)
             .map_err(|e| anyhow!("DECODER_CMD: {e}"))?;
@@ -279,14 +275,14 @@ impl Embedded {
     }
 
     /// OUTPUT buffers the device still owns.
-    pub fn outputs_in_flight(&self) -> usize {
+    fn outputs_in_flight(&self) -> usize {
         OUTPUT_BUFFERS as usize - self.free_out.len()
     }
 
     /// Waits (at most `timeout`, or not at all with `Some(0)`) for daemon
     /// traffic and returns the pictures dequeued meanwhile. Finished OUTPUT
     /// buffers return to the free pool.
-    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Picture>> {
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Picture>> {
         self.pump(Some(timeout))?;
         let mut pics = Vec::new();
         loop {
@@ -314,7 +310,9 @@ impl Embedded {
         }
         Ok(pics)
     }
+}
 
+impl Embedded {
     /// Sends every datagram the device queued, with buffer fds attached.
     fn flush_tx(&mut self) -> Result<()> {
         while let Some(o) = self.dev.poll_transmit() {

@@ -1,6 +1,7 @@
 //! `daedalus`: decode a video file through the daedalus-v4l2 stack.
 
 mod embedded;
+mod frontend;
 mod output;
 mod shm;
 
@@ -15,7 +16,8 @@ use clap::{Parser, Subcommand};
 use daedalus_client::{DisplayQueue, Job, PictureInfo, StreamParser};
 use decoder_core::fmt;
 
-use crate::embedded::{Embedded, Picture, CAPTURE_BUFFERS};
+use crate::embedded::Embedded;
+use crate::frontend::{Frontend, Picture};
 use crate::output::{pack_visible, FrameMd5};
 
 #[derive(Parser, Debug)]
@@ -129,13 +131,13 @@ fn decode(
         bail!("{}: no picture in the stream", input.display());
     };
     let (cw, ch) = first.picture.coded;
-    let mut emb = Embedded::new(
+    let mut emb: Box<dyn Frontend> = Box::new(Embedded::new(
         fmt::fourcc_of(first.codec),
         cw,
         ch,
         first.picture.bit_depth > 8,
         threads,
-    )?;
+    )?);
     let (_, _, vw, vh) = first.picture.visible;
     let mut sink = Sink {
         yuv: output
@@ -158,7 +160,7 @@ fn decode(
         },
         frames: 0,
     };
-    for i in 0..CAPTURE_BUFFERS {
+    for i in 0..emb.capture_count() {
         emb.queue_capture(i)?;
     }
     let progress = std::io::stderr().is_terminal();
@@ -182,7 +184,7 @@ fn decode(
                 }
             }
             handle(
-                &mut emb,
+                emb.as_mut(),
                 pics,
                 &infos,
                 &mut display,
@@ -193,7 +195,7 @@ fn decode(
             )?;
         }
         refs = reference_set(&job);
-        requeue(&mut emb, &mut shown_unqueued, &refs)?;
+        requeue(emb.as_mut(), &mut shown_unqueued, &refs)?;
         emb.submit(
             &job.controls,
             &job.bitstream,
@@ -202,7 +204,7 @@ fn decode(
         )?;
         let pics = emb.poll(Duration::ZERO)?;
         handle(
-            &mut emb,
+            emb.as_mut(),
             pics,
             &infos,
             &mut display,
@@ -231,7 +233,7 @@ fn decode(
             }
         }
         handle(
-            &mut emb,
+            emb.as_mut(),
             pics,
             &infos,
             &mut display,
@@ -242,7 +244,7 @@ fn decode(
         )?;
     }
     for (ts, idx) in display.drain() {
-        emit(&emb, idx, ts, &infos, &mut sink)?;
+        emit(emb.as_ref(), idx, ts, &infos, &mut sink)?;
     }
     if let Some(m) = sink.md5.take() {
         m.finish()?;
@@ -279,7 +281,7 @@ fn reference_set(job: &Job) -> HashSet<u64> {
 }
 
 /// Requeues displayed CAPTURE buffers no longer referenced.
-fn requeue(emb: &mut Embedded, shown: &mut Vec<(u32, u64)>, refs: &HashSet<u64>) -> Result<()> {
+fn requeue(emb: &mut dyn Frontend, shown: &mut Vec<(u32, u64)>, refs: &HashSet<u64>) -> Result<()> {
     let mut keep = Vec::new();
     for (idx, ts) in shown.drain(..) {
         if refs.contains(&ts) {
@@ -294,7 +296,7 @@ fn requeue(emb: &mut Embedded, shown: &mut Vec<(u32, u64)>, refs: &HashSet<u64>)
 
 #[allow(clippy::too_many_arguments)]
 fn handle(
-    emb: &mut Embedded,
+    emb: &mut dyn Frontend,
     pics: Vec<Picture>,
     infos: &BTreeMap<u64, PictureInfo>,
     display: &mut DisplayQueue<u32>,
@@ -322,7 +324,7 @@ fn handle(
 }
 
 fn emit(
-    emb: &Embedded,
+    emb: &dyn Frontend,
     idx: u32,
     ts: u64,
     infos: &BTreeMap<u64, PictureInfo>,
