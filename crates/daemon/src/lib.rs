@@ -5,10 +5,19 @@
 //! sends over the bridge protocol ([`decoder_core::proto`]):
 //!
 //! * [`transport`]: datagrams with descriptors over a unix `SOCK_SEQPACKET`
-//!   socket, interruptible receives ([`transport::Shutdown`]);
-//! * [`buffers`]: mapping of registered buffer memory (memfd, dmabuf);
-//! * [`server`]: the protocol session, per-context workers, replies;
+//!   socket, interruptible receives and sends ([`transport::Shutdown`]);
+//! * [`buffers`]: mapping of registered buffer memory (memfd, dmabuf) and
+//!   the backend's zero-copy view of it;
+//! * [`server`]: the protocol session, one worker per context, bounded
+//!   decode concurrency;
+//! * [`reply`]: the answer every job gets exactly once;
+//! * [`worker`]: the per-context job queue and the decode semaphore;
 //! * [`backend`]: the decoders themselves.
+//!
+//! The `daedalus-daemon` binary is `daedalus-daemon --connect PATH
+//! [--once] [--threads N]`; in-process users start a
+//! [`server::EmbeddedDaemon`] or call [`server::Server::serve`] on a
+//! transport of their own.
 
 pub mod backend;
 pub mod buffers;
