@@ -119,15 +119,18 @@ fn main() -> ExitCode {
     tracing::info!(path = %args.connect.display(), threads = cfg.threads, "daedalus-daemon starting");
     let server = Server::new(cfg);
 
-    let mut backoff = Duration::from_millis(100);
+    // The delay before the next attempt grows while attempts fail (no
+    // frontend, or one that keeps breaking the protocol) and starts over
+    // after a connection that ended normally.
+    let min_backoff = Duration::from_millis(100);
     let max_backoff = Duration::from_secs(5);
+    let mut backoff = min_backoff;
     loop {
         if shutdown.is_triggered() {
             return ExitCode::SUCCESS;
         }
         let end = match SeqPacket::connect(&args.connect) {
             Ok(sock) => {
-                backoff = Duration::from_millis(100);
                 tracing::info!("connected");
                 server.serve(Arc::new(sock), &shutdown)
             }
@@ -150,8 +153,11 @@ fn main() -> ExitCode {
                 report(&e);
                 return ExitCode::FAILURE;
             }
-            Ok(SessionEnd::PeerClosed) => {}
-            Err(e) => report(&e),
+            Ok(SessionEnd::PeerClosed) => backoff = min_backoff,
+            Err(e) => {
+                report(&e);
+                backoff = (backoff * 2).min(max_backoff);
+            }
         }
         // Give a restarting frontend a moment before reconnecting.
         if shutdown.wait_timeout(backoff) {

@@ -108,6 +108,15 @@ fn reconnects_after_the_frontend_goes_away_and_sigint_ends_it() {
         // Frontend goes away.
         drop(f);
     }
+    // A frontend that breaks the protocol is dropped, then reconnected to.
+    let sock = accept(&l, 10 * SEC).expect("daemon reconnects");
+    raw_send(&sock, &hello(0), &[]);
+    recv_timeout(&sock, 5 * SEC).unwrap();
+    sock.send(b"garbage", &[]).unwrap();
+    assert!(recv_timeout(&sock, 5 * SEC).is_err(), "dropped");
+    let sock = accept(&l, 10 * SEC).expect("daemon reconnects after an error");
+    let mut f = Frontend::new(sock);
+    f.attach();
     signal(&child, Signal::INT);
     assert!(wait(&mut child, 10 * SEC).success());
     let _ = std::fs::remove_file(&path);
