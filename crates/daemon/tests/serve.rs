@@ -798,3 +798,113 @@ fn shutdown_is_not_blocked_by_a_frontend_that_stopped_reading() {
     let (sent, _sock) = join_timeout(writer, 5 * SEC);
     assert!(sent > 100, "only {sent} jobs went out");
 }
+
+#[test]
+fn unregister_and_close_unmap_buffers() {
+    let (t, _sd, sock, _log) = spawn_server(1, Duration::ZERO);
+    raw_send(&sock, &hello(proto::DV_FEAT_ALL), &[]);
+    recv_timeout(&sock, 5 * SEC).unwrap();
+    let d = fmt::try_decoded(fmt::PIX_FMT_NV12, 64, 48);
+    let mut planes = [proto::PlaneFmt::default(); 4];
+    planes[0] = proto::PlaneFmt {
+        bytesperline: d.planes[0].bytesperline,
+        sizeimage: d.planes[0].sizeimage,
+    };
+    raw_send(
+        &sock,
+        &Message::CtxOpen(proto::CtxOpen {
+            ctx_id: 1,
+            codec: 1,
+            coded_fourcc: fmt::PIX_FMT_H264_SLICE,
+            capture_fourcc: fmt::PIX_FMT_NV12,
+            width: 64,
+            height: 48,
+            num_planes: 1,
+            reserved: 0,
+            planes,
+        }),
+        &[],
+    );
+    // Memfds with names only this test uses, to find their mappings.
+    let name = |i: u32| format!("dv-unmap-{}-{i}", std::process::id());
+    let mapped = |i: u32| {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .contains(&format!("memfd:{}", name(i)))
+    };
+    for i in 0..2u32 {
+        let fd = rustix::fs::memfd_create(name(i), rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        let mut bp = [proto::BufPlane::default(); 4];
+        bp[0] = proto::BufPlane {
+            fd_index: 0,
+            offset: 0,
+            length: 4096,
+            reserved: 0,
+        };
+        raw_send(
+            &sock,
+            &Message::BufRegister(proto::BufRegister {
+                ctx_id: 1,
+                queue: proto::DV_QUEUE_OUTPUT,
+                index: i,
+                num_planes: 1,
+                memory: proto::DV_MEM_MEMFD,
+                reserved: 0,
+                planes: bp,
+            }),
+            &[fd.as_fd()],
+        );
+    }
+    // A job of an unknown context is answered by the reader at once: a
+    // barrier after which every earlier message was handled.
+    let mut cookie = 100;
+    let mut barrier = |sock: &daedalus_daemon::transport::SeqPacket| {
+        cookie += 1;
+        raw_send(
+            sock,
+            &Message::Decode(
+                proto::DecodeJob {
+                    ctx_id: 99,
+                    cookie,
+                    ..Default::default()
+                },
+                vec![],
+            ),
+            &[],
+        );
+        match proto::decode(&recv_timeout(sock, 5 * SEC).unwrap()).unwrap() {
+            Message::Result(r) => assert_eq!(r.cookie, cookie),
+            m => panic!("{m:?}"),
+        }
+    };
+    barrier(&sock);
+    assert!(mapped(0) && mapped(1));
+    raw_send(
+        &sock,
+        &Message::BufUnregister(proto::BufUnregister {
+            ctx_id: 1,
+            queue: proto::DV_QUEUE_OUTPUT,
+            index: 0,
+            reserved: 0,
+        }),
+        &[],
+    );
+    barrier(&sock);
+    assert!(!mapped(0) && mapped(1));
+    raw_send(
+        &sock,
+        &Message::CtxClose(proto::CtxClose {
+            ctx_id: 1,
+            reserved: 0,
+        }),
+        &[],
+    );
+    barrier(&sock);
+    assert!(!mapped(1));
+    drop(sock);
+    assert!(matches!(
+        join_timeout(t, 5 * SEC),
+        Ok(SessionEnd::PeerClosed)
+    ));
+}
