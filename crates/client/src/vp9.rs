@@ -102,6 +102,16 @@ impl<'a> BoolDecoder<'a> {
         bit
     }
 
+    /// exit_bool(): the bits left after the last symbol are padding that a
+    /// conformant stream sets to zero.
+    fn padding_is_zero(&mut self) -> bool {
+        let mut ok = true;
+        while self.max_bits > 0 {
+            ok &= self.next_bit() == 0;
+        }
+        ok
+    }
+
     fn literal(&mut self, n: u32) -> u32 {
         (0..n).fold(0, |acc, _| (acc << 1) | u32::from(self.read(128)))
     }
@@ -296,6 +306,11 @@ pub fn parse_compressed_header(
                 m.hp[i] = mv(&mut d);
             }
         }
+    }
+    if !d.padding_is_zero() {
+        return Err(ClientError::Bitstream(
+            "compressed header: non-zero padding after the last symbol".into(),
+        ));
     }
     Ok((c, reference_mode))
 }

@@ -436,3 +436,171 @@ fn av1_corrupt_frame_recovers_at_next_key_frame() {
         }
     }
 }
+
+/// Decodes one job into a fresh buffer of the given format.
+fn decode_one(
+    backend: &mut Dav1dAv1,
+    current: &mut ControlValues,
+    job: &Job,
+    format: CaptureFormat,
+    coded: (u32, u32),
+) -> Result<DecodeOutcome, DecodeError> {
+    let ctrls = effective_controls(current, job);
+    let mut refs = Vec::new();
+    (Codec::Av1.desc().reference_timestamps)(&ctrls, &mut refs);
+    let sb = format.sample_bytes();
+    let stride = coded.0 as usize * sb;
+    let mut buf = vec![0u8; stride * (coded.1 as usize + coded.1.div_ceil(2) as usize)];
+    let mut target = CaptureTarget::contiguous(format, coded.0, coded.1, stride, &mut buf).unwrap();
+    let input = JobInput {
+        codec: Codec::Av1,
+        controls: &ctrls,
+        bitstream: &job.bitstream,
+        timestamp: job.timestamp,
+        flags: JobFlags::default(),
+        references: &refs,
+    };
+    backend.decode(&input, &mut target)
+}
+
+#[test]
+fn av1_backend_refuses_what_it_cannot_do_and_resyncs() {
+    let dir = tmpdir("refusals");
+    let s = Stream {
+        name: "refusals_96x64",
+        size: (96, 64),
+        frames: 12,
+        aomenc: &["--kf-min-dist=6", "--kf-max-dist=6", "--lag-in-frames=0"],
+        ten_bit: false,
+    };
+    let file = encode(&dir, &s);
+    let mut parser = Av1Parser::new(std::fs::read(&file).unwrap(), Av1Options::default()).unwrap();
+    let mut jobs = Vec::new();
+    while let Some(FrameEvent::Decode { job, .. }) = parser.next_event().unwrap() {
+        jobs.push(*job);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(jobs.len(), 12);
+    let coded = jobs[0].picture.coded;
+    let mut backend = Dav1dAv1::new().unwrap();
+    let mut cur = ControlValues::defaults(Codec::Av1);
+
+    // An inter frame first: the session waits for a key frame.
+    assert_eq!(
+        decode_one(&mut backend, &mut cur, &jobs[1], CaptureFormat::Nv12, coded),
+        Err(DecodeError::WaitingForKeyframe)
+    );
+    // 8-bit picture into a P010 buffer, and into a too small buffer.
+    assert!(matches!(
+        decode_one(&mut backend, &mut cur, &jobs[0], CaptureFormat::P010, coded),
+        Err(DecodeError::FormatMismatch(_))
+    ));
+    backend.reset();
+    assert!(matches!(
+        decode_one(
+            &mut backend,
+            &mut cur,
+            &jobs[0],
+            CaptureFormat::Nv12,
+            (64, 64)
+        ),
+        Err(DecodeError::FormatMismatch(_))
+    ));
+    backend.reset();
+    // Key frame, then skip job 1: job 2 references a picture the session
+    // never decoded.
+    assert_eq!(
+        decode_one(&mut backend, &mut cur, &jobs[0], CaptureFormat::Nv12, coded),
+        Ok(DecodeOutcome::Decoded)
+    );
+    assert!(matches!(
+        decode_one(&mut backend, &mut cur, &jobs[2], CaptureFormat::Nv12, coded),
+        Err(DecodeError::MissingReference(_))
+    ));
+    // Reset: waits for the next key frame (job 6), then decodes on.
+    assert_eq!(
+        decode_one(&mut backend, &mut cur, &jobs[3], CaptureFormat::Nv12, coded),
+        Err(DecodeError::WaitingForKeyframe)
+    );
+    for job in &jobs[6..] {
+        assert_eq!(
+            decode_one(&mut backend, &mut cur, job, CaptureFormat::Nv12, coded),
+            Ok(DecodeOutcome::Decoded),
+            "job {}",
+            job.timestamp
+        );
+    }
+    // A job of another codec is refused.
+    let mut other = jobs[6].clone();
+    other.codec = Codec::Vp9;
+    let ctrls = cur.clone();
+    let mut buf = vec![0u8; 4096 * 4];
+    let mut target = CaptureTarget::contiguous(
+        CaptureFormat::Nv12,
+        coded.0,
+        coded.1,
+        coded.0 as usize,
+        &mut buf,
+    )
+    .unwrap();
+    let input = JobInput {
+        codec: Codec::Vp9,
+        controls: &ctrls,
+        bitstream: &other.bitstream,
+        timestamp: 99,
+        flags: JobFlags::default(),
+        references: &[],
+    };
+    assert!(matches!(
+        backend.decode(&input, &mut target),
+        Err(DecodeError::Unsupported(_))
+    ));
+}
+
+/// Decode time per frame with 1 and 2 dav1d threads (the machine has 2
+/// cores shared by every session). Informational: run with `--ignored`.
+#[test]
+#[ignore = "timing measurement"]
+fn av1_dav1d_thread_timing() {
+    let dir = tmpdir("timing");
+    let s = Stream {
+        name: "timing_640x360",
+        size: (640, 360),
+        frames: 30,
+        aomenc: &["--tile-columns=1", "--lag-in-frames=16"],
+        ten_bit: false,
+    };
+    let file = encode(&dir, &s);
+    for threads in [1, 2] {
+        let mut parser =
+            Av1Parser::new(std::fs::read(&file).unwrap(), Av1Options::default()).unwrap();
+        let mut backend = Dav1dAv1::with_config(Dav1dConfig {
+            n_threads: threads,
+            apply_grain: true,
+        })
+        .unwrap();
+        let mut cur = ControlValues::defaults(Codec::Av1);
+        let mut n = 0;
+        let mut spent = std::time::Duration::ZERO;
+        while let Some(ev) = parser.next_event().unwrap() {
+            if let FrameEvent::Decode { job, .. } = ev {
+                let t = std::time::Instant::now();
+                decode_one(
+                    &mut backend,
+                    &mut cur,
+                    &job,
+                    CaptureFormat::Nv12,
+                    job.picture.coded,
+                )
+                .unwrap();
+                spent += t.elapsed();
+                n += 1;
+            }
+        }
+        println!(
+            "dav1d n_threads={threads}: {n} frames 640x360, {:.2} ms/frame (incl. validation and copy)",
+            spent.as_secs_f64() * 1000.0 / n as f64
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -211,6 +211,26 @@ impl Default for Dav1dConfig {
     }
 }
 
+impl Dav1dConfig {
+    /// Environment variable overriding [`Dav1dConfig::n_threads`] for the
+    /// sessions [`Dav1dAv1::new`] opens.
+    pub const THREADS_ENV: &'static str = "DAEDALUS_DAV1D_THREADS";
+
+    /// The defaults, with `n_threads` from [`Self::THREADS_ENV`] when it
+    /// holds a number from 1 to 256.
+    pub fn from_env() -> Self {
+        let mut c = Self::default();
+        if let Some(n) = std::env::var(Self::THREADS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|n| (1..=256).contains(n))
+        {
+            c.n_threads = n;
+        }
+        c
+    }
+}
+
 /// An AV1 decoding session on dav1d.
 pub struct Dav1dAv1 {
     ctx: *mut ffi::Dav1dContext,
@@ -260,9 +280,9 @@ impl Drop for Picture {
 }
 
 impl Dav1dAv1 {
-    /// A session with the default settings.
+    /// A session with the default settings ([`Dav1dConfig::from_env`]).
     pub fn new() -> Result<Self, DecodeError> {
-        Self::with_config(Dav1dConfig::default())
+        Self::with_config(Dav1dConfig::from_env())
     }
 
     /// A session with the given settings.
