@@ -57,6 +57,8 @@ pub struct Av1Stats {
     pub max_tiles: u32,
     /// Frames with film grain applied.
     pub film_grain: u64,
+    /// Frames coded at a reduced width and upscaled (superres).
+    pub superres: u64,
 }
 
 /// A frame whose tile groups are being collected.
@@ -703,6 +705,9 @@ impl Av1Parser {
         }
         if fh.film_grain_params.apply_grain {
             self.stats.film_grain += 1;
+        }
+        if fh.use_superres {
+            self.stats.superres += 1;
         }
         self.stats.max_tiles = self
             .stats

@@ -93,6 +93,17 @@ fn streams() -> Vec<Stream> {
             ten_bit: false,
         },
         Stream {
+            name: "superres_128x64",
+            size: (128, 64),
+            frames: 10,
+            aomenc: &[
+                "--superres-mode=1",
+                "--superres-denominator=12",
+                "--lag-in-frames=4",
+            ],
+            ten_bit: false,
+        },
+        Stream {
             name: "ten_bit_p010_80x48",
             size: (80, 48),
             frames: 10,
@@ -386,6 +397,7 @@ fn av1_streams_match_ffmpeg() {
     assert!(alt.hidden > 0 && alt.show_existing > 0, "{alt:?}");
     assert!(find("tiles_4x2_two_tile_groups_256x144").max_tiles == 8);
     assert!(find("film_grain_test_vector_96x64").film_grain > 0);
+    assert!(find("superres_128x64").superres > 0);
     for (name, mode, _, bad, errors) in &summary {
         assert_eq!((*bad, *errors), (0, 0), "{name} ({mode})");
     }
