@@ -41,6 +41,11 @@ use decoder_core::ctrl::h264::{
     V4l2StatelessH264StartCode, V4L2_CID_STATELESS_H264_START_CODE,
     V4L2_H264_DECODE_PARAM_FLAG_FIELD_PIC,
 };
+use decoder_core::ctrl::vp8::{V4l2CtrlVp8Frame, V4L2_VP8_FRAME_FLAG_SHOW_FRAME};
+use decoder_core::ctrl::vp9::{
+    V4l2CtrlVp9Frame, V4L2_VP9_FRAME_FLAG_INTRA_ONLY, V4L2_VP9_FRAME_FLAG_KEY_FRAME,
+    V4L2_VP9_FRAME_FLAG_SHOW_FRAME,
+};
 use decoder_core::ctrl::Codec;
 use ffmpeg_sys_next as ff;
 
@@ -95,53 +100,64 @@ unsafe extern "C" fn capture_get_buffer2(
     0
 }
 
-/// An H.264 decoding session on libavcodec.
+/// One libavcodec decoder context with the capturing `get_buffer2`, one
+/// decoding thread, and a reusable packet buffer. Shared by every codec
+/// session of this module.
 #[derive(Debug)]
-pub struct FfmpegH264 {
+struct Session {
     ctx: *mut ff::AVCodecContext,
     pkt: *mut ff::AVPacket,
     drain: *mut ff::AVFrame,
     slot: *mut CaptureSlot,
-    /// Last SPS / PPS NAL sent for each id.
-    sent_sps: HashMap<u8, Vec<u8>>,
-    sent_pps: HashMap<u8, Vec<u8>>,
-    /// Slices of a picture whose later slices are still to come.
-    pending: Vec<u8>,
-    /// Timestamp of the pending picture.
-    pending_ts: Option<u64>,
-    /// Timestamps of the pictures decoded since the last reset that are
-    /// still references (plus the last decoded picture).
-    decoded: HashSet<u64>,
-    /// After a reset or an error: skip pictures until an IDR.
-    need_idr: bool,
+    /// Packet assembly buffer (reused, so no allocation per job once it has
+    /// grown to the largest picture).
+    packet: Vec<u8>,
     /// `allocations` of the slot when the last picture was copied out.
     last_alloc_seen: u64,
-    /// Packet assembly buffer (reused).
-    packet: Vec<u8>,
-}
-
-impl std::fmt::Debug for CaptureSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaptureSlot")
-            .field("allocations", &self.allocations)
-            .finish()
-    }
 }
 
 // SAFETY: the session owns its libavcodec context, packet, frames and slot
 // exclusively; libavcodec keeps no thread-affine state for a context decoding
 // with one thread, so the whole session may move to another thread. It is
 // not Sync (every method takes &mut self).
-unsafe impl Send for FfmpegH264 {}
+unsafe impl Send for Session {}
 
-impl FfmpegH264 {
-    /// Opens libavcodec's H.264 decoder for one session.
-    pub fn new() -> Result<Self, DecodeError> {
+/// A decoded picture as libavcodec holds it: planar 4:2:0 (or 4:0:0).
+struct PictureView<'a> {
+    frame: &'a ff::AVFrame,
+    width: usize,
+    height: usize,
+    bits10: bool,
+    gray: bool,
+}
+
+impl PictureView<'_> {
+    /// Row `y` of plane `i`, `len` bytes.
+    fn row(&self, i: usize, y: usize, len: usize) -> &[u8] {
+        // SAFETY: `Session::picture` checked that plane `i` exists and that
+        // its linesize covers `len` bytes; callers pass `y` below the
+        // plane's row count (`height`, or `height / 2` rounded up for
+        // chroma), rows libavcodec allocated for this picture. The frame
+        // reference behind `self.frame` keeps the memory alive and libavcodec
+        // is not running while the view exists.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.frame.data[i].offset(self.frame.linesize[i] as isize * y as isize),
+                len,
+            )
+        }
+    }
+}
+
+impl Session {
+    /// Opens libavcodec's decoder `id` with one thread and the capturing
+    /// allocator.
+    fn new(id: ff::AVCodecID) -> Result<Self, DecodeError> {
         let err = |what: &str| DecodeError::Internal(format!("libavcodec: {what}"));
         // SAFETY: plain lookup in libavcodec's static decoder table.
-        let codec = unsafe { ff::avcodec_find_decoder(ff::AVCodecID::AV_CODEC_ID_H264) };
+        let codec = unsafe { ff::avcodec_find_decoder(id) };
         if codec.is_null() {
-            return Err(err("no H.264 decoder"));
+            return Err(err(&format!("no decoder for {id:?}")));
         }
         let slot = Box::into_raw(Box::new(CaptureSlot {
             // SAFETY: allocation of an empty frame; null checked below.
@@ -156,14 +172,8 @@ impl FfmpegH264 {
             // SAFETY: allocation; null checked below.
             drain: unsafe { ff::av_frame_alloc() },
             slot,
-            sent_sps: HashMap::new(),
-            sent_pps: HashMap::new(),
-            pending: Vec::new(),
-            pending_ts: None,
-            decoded: HashSet::new(),
-            need_idr: true,
-            last_alloc_seen: 0,
             packet: Vec::new(),
+            last_alloc_seen: 0,
         };
         // SAFETY: `slot` was just created from a Box and is owned by `s`.
         let slot_frame_null = unsafe { (*s.slot).last.is_null() };
@@ -179,8 +189,8 @@ impl FfmpegH264 {
             c.thread_type = 0;
             c.opaque = s.slot.cast();
             c.get_buffer2 = Some(capture_get_buffer2);
-            // Slice decoding errors fail the packet instead of being
-            // silently concealed.
+            // Decoding errors fail the packet instead of being silently
+            // concealed.
             c.err_recognition |= ff::AV_EF_EXPLODE;
             ff::avcodec_open2(s.ctx, codec, ptr::null_mut())
         };
@@ -190,24 +200,24 @@ impl FfmpegH264 {
         Ok(s)
     }
 
-    /// Drops libavcodec's pictures and every piece of session state; the
-    /// next picture decoded must be an IDR.
-    fn reset_state(&mut self) {
+    /// Drops libavcodec's pictures (references included).
+    fn flush(&mut self) {
         // SAFETY: `ctx` is an open decoder context; `last` a valid frame.
         unsafe {
             ff::avcodec_flush_buffers(self.ctx);
             ff::av_frame_unref((*self.slot).last);
         }
-        self.sent_sps.clear();
-        self.sent_pps.clear();
-        self.pending.clear();
-        self.pending_ts = None;
-        self.decoded.clear();
-        self.need_idr = true;
     }
 
-    /// Sends one packet and drains whatever libavcodec outputs. Returns the
-    /// send status.
+    /// Pictures allocated so far.
+    fn allocations(&self) -> u64 {
+        // SAFETY: the slot is only written by the callback, which runs only
+        // inside `send`; no reference to it is live here.
+        unsafe { (*self.slot).allocations }
+    }
+
+    /// Sends `self.packet` as one packet and drains whatever libavcodec
+    /// outputs. Returns the send status.
     fn send(&mut self) -> c_int {
         let len = self.packet.len();
         self.packet
@@ -234,8 +244,25 @@ impl FfmpegH264 {
         }
     }
 
-    /// Copies the captured picture into the CAPTURE target.
-    fn copy_out(&self, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
+    /// Sends `self.packet` and requires that it decoded a new picture
+    /// (captured by `get_buffer2`).
+    fn decode_packet(&mut self) -> Result<(), DecodeError> {
+        let before = self.allocations();
+        let ret = self.send();
+        if ret < 0 {
+            return Err(DecodeError::Corrupt(format!(
+                "libavcodec refused the picture ({ret})"
+            )));
+        }
+        if self.allocations() == before {
+            return Err(DecodeError::Corrupt("no picture decoded".into()));
+        }
+        self.last_alloc_seen = self.allocations();
+        Ok(())
+    }
+
+    /// The captured picture.
+    fn picture(&self) -> Result<PictureView<'_>, DecodeError> {
         // SAFETY: `last` is a valid frame owned by the session and holds a
         // reference on the picture buffers, so they stay alive and unchanged
         // (libavcodec is not running) for the duration of this borrow.
@@ -244,14 +271,9 @@ impl FfmpegH264 {
             return Err(DecodeError::Corrupt("no picture decoded".into()));
         }
         let (w, h) = (f.width, f.height);
-        if w <= 0 || h <= 0 || w as u32 > out.width || h as u32 > out.height {
-            return Err(DecodeError::FormatMismatch(format!(
-                "{w}x{h} into {}x{}",
-                out.width, out.height
-            )));
+        if w <= 0 || h <= 0 {
+            return Err(DecodeError::Corrupt(format!("picture size {w}x{h}")));
         }
-        let (w, h) = (w as usize, h as usize);
-        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
         use ff::AVPixelFormat as P;
         let fmt = f.format;
         let (bits10, gray) =
@@ -268,89 +290,185 @@ impl FfmpegH264 {
                     "libavcodec pixel format {fmt} (only 4:2:0 and 4:0:0, 8 or 10 bit)"
                 )));
             };
-        if bits10 && out.format == CaptureFormat::Nv12 {
+        let (w, h) = (w as usize, h as usize);
+        let sb = if bits10 { 2 } else { 1 };
+        let planes: &[(usize, usize)] = if gray {
+            &[(0, w)]
+        } else {
+            &[(0, w), (1, w.div_ceil(2)), (2, w.div_ceil(2))]
+        };
+        for &(i, pw) in planes {
+            if f.data[i].is_null() || (f.linesize[i] as i64) < (pw * sb) as i64 {
+                return Err(DecodeError::Internal("unexpected frame layout".into()));
+            }
+        }
+        Ok(PictureView {
+            frame: f,
+            width: w,
+            height: h,
+            bits10,
+            gray,
+        })
+    }
+
+    /// Copies the captured picture into the CAPTURE target: one pass that
+    /// interleaves the chroma planes into NV12 (or P010) and, when the
+    /// target is larger than the picture (alignment), repeats the last
+    /// column and row so that every pixel of the target is written.
+    fn copy_out(&self, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
+        let pic = self.picture()?;
+        let (w, h) = (pic.width, pic.height);
+        if w as u32 > out.width || h as u32 > out.height {
+            return Err(DecodeError::FormatMismatch(format!(
+                "{w}x{h} into {}x{}",
+                out.width, out.height
+            )));
+        }
+        if pic.bits10 && out.format == CaptureFormat::Nv12 {
             return Err(DecodeError::FormatMismatch(
                 "10-bit picture into NV12".into(),
             ));
         }
-        let sb = if bits10 { 2 } else { 1 };
-        // Source plane rows as slices.
-        let plane = |i: usize, rows: usize, row_bytes: usize| -> Result<Vec<&[u8]>, DecodeError> {
-            let ls = f.linesize[i];
-            if f.data[i].is_null() || ls < row_bytes as c_int {
-                return Err(DecodeError::Internal("unexpected frame layout".into()));
-            }
-            Ok((0..rows)
-                .map(|y| {
-                    // SAFETY: libavcodec allocated at least `linesize * rows`
-                    // bytes for plane `i` of a `w` x `h` picture, each row
-                    // holding `row_bytes` valid bytes; the frame reference
-                    // keeps them alive for the lifetime of `f`.
-                    unsafe {
-                        std::slice::from_raw_parts(
-                            f.data[i].offset(ls as isize * y as isize),
-                            row_bytes,
-                        )
-                    }
-                })
-                .collect())
-        };
-        let y_rows = plane(0, h, w * sb)?;
-        let (u_rows, v_rows) = if gray {
-            (Vec::new(), Vec::new())
-        } else {
-            (plane(1, ch, cw * sb)?, plane(2, ch, cw * sb)?)
-        };
+        out.check()?;
+        let (ow, oh) = (out.width as usize, out.height as usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let (ocw, och) = (ow.div_ceil(2), oh.div_ceil(2));
+        let sb = if pic.bits10 { 2 } else { 1 };
         let ls = out.luma.stride;
         let cs = out.chroma.stride;
-        match (out.format, bits10) {
-            (CaptureFormat::Nv12, _) => {
-                for (y, src) in y_rows.iter().enumerate() {
-                    out.luma.data[y * ls..y * ls + w].copy_from_slice(src);
+        match out.format {
+            CaptureFormat::Nv12 => {
+                for y in 0..oh {
+                    let src = pic.row(0, y.min(h - 1), w);
+                    let dst = &mut out.luma.data[y * ls..y * ls + ow];
+                    dst[..w].copy_from_slice(src);
+                    dst[w..].fill(src[w - 1]);
                 }
-                for y in 0..ch {
-                    let dst = &mut out.chroma.data[y * cs..y * cs + 2 * cw];
-                    if gray {
+                for y in 0..och {
+                    let dst = &mut out.chroma.data[y * cs..y * cs + 2 * ocw];
+                    if pic.gray {
                         dst.fill(0x80);
-                    } else {
-                        for (x, d) in dst.chunks_exact_mut(2).enumerate() {
-                            d[0] = u_rows[y][x];
-                            d[1] = v_rows[y][x];
-                        }
+                        continue;
+                    }
+                    let sy = y.min(ch - 1);
+                    let (u, v) = (pic.row(1, sy, cw), pic.row(2, sy, cw));
+                    let (head, tail) = dst.split_at_mut(2 * cw);
+                    for ((d, &a), &b) in head.chunks_exact_mut(2).zip(u).zip(v) {
+                        d[0] = a;
+                        d[1] = b;
+                    }
+                    for d in tail.chunks_exact_mut(2) {
+                        d[0] = u[cw - 1];
+                        d[1] = v[cw - 1];
                     }
                 }
             }
-            (CaptureFormat::P010, _) => {
+            CaptureFormat::P010 => {
                 // 8-bit samples scale by 256, 10-bit ones by 64: the value
                 // sits in the most significant bits.
-                let px = |s: &[u8], x: usize| -> u16 {
+                let bits10 = pic.bits10;
+                let px = |s: &[u8], x: usize| -> [u8; 2] {
                     if bits10 {
-                        u16::from_le_bytes([s[2 * x], s[2 * x + 1]]) << 6
+                        (u16::from_le_bytes([s[2 * x], s[2 * x + 1]]) << 6).to_le_bytes()
                     } else {
-                        u16::from(s[x]) << 8
+                        (u16::from(s[x]) << 8).to_le_bytes()
                     }
                 };
-                for (y, src) in y_rows.iter().enumerate() {
-                    let dst = &mut out.luma.data[y * ls..y * ls + 2 * w];
+                for y in 0..oh {
+                    let src = pic.row(0, y.min(h - 1), w * sb);
+                    let dst = &mut out.luma.data[y * ls..y * ls + 2 * ow];
                     for (x, d) in dst.chunks_exact_mut(2).enumerate() {
-                        d.copy_from_slice(&px(src, x).to_le_bytes());
+                        d.copy_from_slice(&px(src, x.min(w - 1)));
                     }
                 }
-                for y in 0..ch {
-                    let dst = &mut out.chroma.data[y * cs..y * cs + 4 * cw];
+                for y in 0..och {
+                    let dst = &mut out.chroma.data[y * cs..y * cs + 4 * ocw];
+                    if pic.gray {
+                        for d in dst.chunks_exact_mut(2) {
+                            d.copy_from_slice(&0x8000u16.to_le_bytes());
+                        }
+                        continue;
+                    }
+                    let sy = y.min(ch - 1);
+                    let (u, v) = (pic.row(1, sy, cw * sb), pic.row(2, sy, cw * sb));
                     for (x, d) in dst.chunks_exact_mut(4).enumerate() {
-                        let (u, v) = if gray {
-                            (0x8000, 0x8000)
-                        } else {
-                            (px(u_rows[y], x), px(v_rows[y], x))
-                        };
-                        d[..2].copy_from_slice(&u.to_le_bytes());
-                        d[2..].copy_from_slice(&v.to_le_bytes());
+                        let x = x.min(cw - 1);
+                        d[..2].copy_from_slice(&px(u, x));
+                        d[2..].copy_from_slice(&px(v, x));
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // SAFETY: each pointer is either null or owned by this session; the
+        // free functions accept null and set the pointer to null. The context
+        // is freed before the slot its callback uses.
+        unsafe {
+            ff::avcodec_free_context(&mut self.ctx);
+            ff::av_packet_free(&mut self.pkt);
+            ff::av_frame_free(&mut self.drain);
+            let slot = Box::from_raw(self.slot);
+            let mut last = slot.last;
+            ff::av_frame_free(&mut last);
+        }
+    }
+}
+
+/// An H.264 decoding session on libavcodec.
+#[derive(Debug)]
+pub struct FfmpegH264 {
+    s: Session,
+    /// Last SPS / PPS NAL sent for each id.
+    sent_sps: HashMap<u8, Vec<u8>>,
+    sent_pps: HashMap<u8, Vec<u8>>,
+    /// Slices of a picture whose later slices are still to come.
+    pending: Vec<u8>,
+    /// Timestamp of the pending picture.
+    pending_ts: Option<u64>,
+    /// Timestamps of the pictures decoded since the last reset that are
+    /// still references (plus the last decoded picture).
+    decoded: HashSet<u64>,
+    /// After a reset or an error: skip pictures until an IDR.
+    need_idr: bool,
+}
+
+impl std::fmt::Debug for CaptureSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureSlot")
+            .field("allocations", &self.allocations)
+            .finish()
+    }
+}
+
+impl FfmpegH264 {
+    /// Opens libavcodec's H.264 decoder for one session.
+    pub fn new() -> Result<Self, DecodeError> {
+        Ok(Self {
+            s: Session::new(ff::AVCodecID::AV_CODEC_ID_H264)?,
+            sent_sps: HashMap::new(),
+            sent_pps: HashMap::new(),
+            pending: Vec::new(),
+            pending_ts: None,
+            decoded: HashSet::new(),
+            need_idr: true,
+        })
+    }
+
+    /// Drops libavcodec's pictures and every piece of session state; the
+    /// next picture decoded must be an IDR.
+    fn reset_state(&mut self) {
+        self.s.flush();
+        self.sent_sps.clear();
+        self.sent_pps.clear();
+        self.pending.clear();
+        self.pending_ts = None;
+        self.decoded.clear();
+        self.need_idr = true;
     }
 
     /// Appends the job's slices to `pending` as Annex B NAL units.
@@ -394,22 +512,6 @@ impl FfmpegH264 {
     fn fail(&mut self, e: DecodeError) -> Result<DecodeOutcome, DecodeError> {
         self.reset_state();
         Err(e)
-    }
-}
-
-impl Drop for FfmpegH264 {
-    fn drop(&mut self) {
-        // SAFETY: each pointer is either null or owned by this session; the
-        // free functions accept null and set the pointer to null. The context
-        // is freed before the slot its callback uses.
-        unsafe {
-            ff::avcodec_free_context(&mut self.ctx);
-            ff::av_packet_free(&mut self.pkt);
-            ff::av_frame_free(&mut self.drain);
-            let slot = Box::from_raw(self.slot);
-            let mut last = slot.last;
-            ff::av_frame_free(&mut last);
-        }
     }
 }
 
@@ -479,8 +581,7 @@ impl Backend for FfmpegH264 {
         let idr = dp.is_idr() || first_type == Some(5);
         if idr {
             if !self.decoded.is_empty() || self.need_idr {
-                // SAFETY: `ctx` is an open decoder context.
-                unsafe { ff::avcodec_flush_buffers(self.ctx) };
+                self.s.flush();
             }
             self.decoded.clear();
             self.need_idr = false;
@@ -492,40 +593,38 @@ impl Backend for FfmpegH264 {
 
         let sps_nal = nal::build_sps(&sps)?;
         let pps_nal = nal::build_pps(&pps, &sps, matrix.as_ref())?;
-        self.packet.clear();
+        self.s.packet.clear();
         if self.sent_sps.get(&sps.seq_parameter_set_id) != Some(&sps_nal) {
-            self.packet.extend_from_slice(&sps_nal);
+            self.s.packet.extend_from_slice(&sps_nal);
             self.sent_sps.insert(sps.seq_parameter_set_id, sps_nal);
             // A new SPS invalidates the PPS built on the old one.
             self.sent_pps.clear();
         }
         if self.sent_pps.get(&pps.pic_parameter_set_id) != Some(&pps_nal) {
-            self.packet.extend_from_slice(&pps_nal);
+            self.s.packet.extend_from_slice(&pps_nal);
             self.sent_pps.insert(pps.pic_parameter_set_id, pps_nal);
         }
-        self.packet.extend_from_slice(&slices);
+        self.s.packet.extend_from_slice(&slices);
         self.pending = slices;
         self.pending.clear();
 
-        // SAFETY: the slot is only touched by the callback during send.
-        let before = unsafe { (*self.slot).allocations };
-        let ret = self.send();
+        let before = self.s.allocations();
+        let ret = self.s.send();
         if ret < 0 {
             return self.fail(DecodeError::Corrupt(format!(
                 "libavcodec refused the picture ({ret})"
             )));
         }
-        // SAFETY: as above; libavcodec is not running.
-        let after = unsafe { (*self.slot).allocations };
+        let after = self.s.allocations();
         let second_field = dp.flags & V4L2_H264_DECODE_PARAM_FLAG_FIELD_PIC != 0
             && after == before
-            && self.last_alloc_seen == after
+            && self.s.last_alloc_seen == after
             && after > 0;
         if after == before && !second_field {
             return self.fail(DecodeError::Corrupt("no picture decoded".into()));
         }
-        self.last_alloc_seen = after;
-        if let Err(e) = self.copy_out(out) {
+        self.s.last_alloc_seen = after;
+        if let Err(e) = self.s.copy_out(out) {
             return self.fail(e);
         }
         // Pictures that are no longer references never become references
@@ -538,6 +637,464 @@ impl Backend for FfmpegH264 {
 
     fn reset(&mut self) {
         self.reset_state();
+    }
+}
+
+/// What the backend reads itself from a VP8 or VP9 frame header: enough to
+/// check the controls against the bitstream and to track reference slots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VpxHeader {
+    /// Key frame.
+    pub key_frame: bool,
+    /// `show_frame`.
+    pub show_frame: bool,
+    /// VP9 `intra_only` (always false for VP8).
+    pub intra_only: bool,
+    /// VP9 `show_existing_frame`: the frame codes no picture.
+    pub show_existing: bool,
+    /// VP9 profile (VP8: version).
+    pub profile: u8,
+    /// Bit depth, when the header codes it (VP9 key and intra-only frames
+    /// of profile 2 and 3; 8 for VP8 and for VP9 profiles 0 and 1).
+    pub bit_depth: Option<u8>,
+    /// Frame size, when the header codes it explicitly (key frames, VP9
+    /// intra-only frames).
+    pub size: Option<(u32, u32)>,
+    /// VP9 slots the decoded frame is stored into (VP8: unused).
+    pub refresh_frame_flags: u8,
+    /// VP9 slots of the LAST, GOLDEN and ALTREF references (inter frames).
+    pub ref_frame_idx: [u8; 3],
+    /// VP8 first partition size.
+    pub first_part_size: u32,
+}
+
+/// MSB-first bit reader over a byte slice (VP9 uncompressed header).
+struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl BitReader<'_> {
+    fn u(&mut self, n: u32) -> Result<u32, DecodeError> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self
+                .data
+                .get(self.pos / 8)
+                .ok_or_else(|| DecodeError::Corrupt("truncated frame header".into()))?;
+            v = (v << 1) | u32::from((byte >> (7 - self.pos % 8)) & 1);
+            self.pos += 1;
+        }
+        Ok(v)
+    }
+
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        Ok(self.u(1)? == 1)
+    }
+}
+
+impl VpxHeader {
+    /// Parses the frame tag (and key frame start code and size) of a VP8
+    /// frame.
+    pub fn parse_vp8(data: &[u8]) -> Result<Self, DecodeError> {
+        if data.len() < 3 {
+            return Err(DecodeError::Corrupt(
+                "VP8 frame shorter than its tag".into(),
+            ));
+        }
+        let tag = u32::from(data[0]) | u32::from(data[1]) << 8 | u32::from(data[2]) << 16;
+        let mut h = Self {
+            key_frame: tag & 1 == 0,
+            profile: ((tag >> 1) & 7) as u8,
+            show_frame: (tag >> 4) & 1 == 1,
+            first_part_size: tag >> 5,
+            bit_depth: Some(8),
+            ..Self::default()
+        };
+        if h.key_frame {
+            if data.len() < 10 || data[3..6] != [0x9d, 0x01, 0x2a] {
+                return Err(DecodeError::Corrupt(
+                    "VP8 key frame without start code".into(),
+                ));
+            }
+            let w = u32::from(u16::from_le_bytes([data[6], data[7]]) & 0x3fff);
+            let hh = u32::from(u16::from_le_bytes([data[8], data[9]]) & 0x3fff);
+            h.size = Some((w, hh));
+        }
+        Ok(h)
+    }
+
+    /// Parses the start of a VP9 uncompressed header, up to the reference
+    /// slots and the frame size.
+    pub fn parse_vp9(data: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = BitReader { data, pos: 0 };
+        let corrupt = |m: &str| DecodeError::Corrupt(format!("VP9 header: {m}"));
+        if r.u(2)? != 2 {
+            return Err(corrupt("bad frame marker"));
+        }
+        let lo = r.u(1)?;
+        let hi = r.u(1)?;
+        let profile = (hi << 1 | lo) as u8;
+        if profile == 3 && r.flag()? {
+            return Err(corrupt("reserved bit set"));
+        }
+        let mut h = Self {
+            profile,
+            ..Self::default()
+        };
+        if r.flag()? {
+            h.show_existing = true;
+            return Ok(h);
+        }
+        h.key_frame = !r.flag()?;
+        h.show_frame = r.flag()?;
+        let error_resilient = r.flag()?;
+        let sync = |r: &mut BitReader<'_>| -> Result<(), DecodeError> {
+            if r.u(24)? != 0x49_83_42 {
+                return Err(corrupt("bad sync code"));
+            }
+            Ok(())
+        };
+        // color_config(): only the bit depth matters here.
+        let color_config = |r: &mut BitReader<'_>| -> Result<u8, DecodeError> {
+            let depth = if profile >= 2 {
+                if r.flag()? {
+                    12
+                } else {
+                    10
+                }
+            } else {
+                8
+            };
+            let cs = r.u(3)?;
+            if cs != 7 {
+                r.u(1)?; // color_range
+                if profile == 1 || profile == 3 {
+                    r.u(3)?; // subsampling_x, subsampling_y, reserved
+                }
+            } else if profile == 1 || profile == 3 {
+                r.u(1)?;
+            }
+            Ok(depth)
+        };
+        let frame_size = |r: &mut BitReader<'_>| -> Result<(u32, u32), DecodeError> {
+            Ok((r.u(16)? + 1, r.u(16)? + 1))
+        };
+        if h.key_frame {
+            sync(&mut r)?;
+            h.bit_depth = Some(color_config(&mut r)?);
+            h.size = Some(frame_size(&mut r)?);
+            h.refresh_frame_flags = 0xff;
+            return Ok(h);
+        }
+        h.intra_only = if h.show_frame { false } else { r.flag()? };
+        if !error_resilient {
+            r.u(2)?; // reset_frame_context
+        }
+        if h.intra_only {
+            sync(&mut r)?;
+            h.bit_depth = Some(if profile > 0 {
+                color_config(&mut r)?
+            } else {
+                8
+            });
+            h.refresh_frame_flags = r.u(8)? as u8;
+            h.size = Some(frame_size(&mut r)?);
+        } else {
+            h.refresh_frame_flags = r.u(8)? as u8;
+            for i in 0..3 {
+                h.ref_frame_idx[i] = r.u(3)? as u8;
+                r.u(1)?; // sign bias
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// A VP8 or VP9 decoding session on libavcodec.
+///
+/// A VP8/VP9 OUTPUT buffer holds one whole frame (for VP9 one frame of a
+/// superframe, hidden frames such as an altref being jobs of their own), so
+/// libavcodec decodes the bitstream as it is. The controls serve to check
+/// the job: key frame / intra-only / show flags, profile, frame size and bit
+/// depth against the bitstream and the CAPTURE format, and the reference
+/// timestamps against the pictures this session decoded. A hidden frame is
+/// decoded but never output by libavcodec; its picture is captured from
+/// `get_buffer2` like every other one.
+#[derive(Debug)]
+pub struct FfmpegVpx {
+    codec: Codec,
+    s: Session,
+    /// VP9: timestamp of the picture in each of the 8 reference slots.
+    /// VP8: the pictures that can still be LAST, GOLDEN or ALTREF (at most
+    /// the previous frame's references and the previous frame).
+    slots: [Option<u64>; 8],
+    /// After a reset or an error: skip frames until a key frame.
+    need_key: bool,
+}
+
+impl FfmpegVpx {
+    /// Opens libavcodec's VP8 or VP9 decoder for one session.
+    pub fn new(codec: Codec) -> Result<Self, DecodeError> {
+        let id = match codec {
+            Codec::Vp8 => ff::AVCodecID::AV_CODEC_ID_VP8,
+            Codec::Vp9 => ff::AVCodecID::AV_CODEC_ID_VP9,
+            other => {
+                return Err(DecodeError::Unsupported(format!(
+                    "{other:?} is not VP8 or VP9"
+                )))
+            }
+        };
+        Ok(Self {
+            codec,
+            s: Session::new(id)?,
+            slots: [None; 8],
+            need_key: true,
+        })
+    }
+
+    fn fail(&mut self, e: DecodeError) -> Result<DecodeOutcome, DecodeError> {
+        self.reset();
+        Err(e)
+    }
+
+    /// Parses the bitstream header and checks the controls against it and
+    /// against the CAPTURE format. Returns the header and the job's
+    /// reference timestamps in LAST, GOLDEN, ALTREF order (none for intra
+    /// frames).
+    fn check_job(
+        &self,
+        job: &JobInput<'_>,
+        out: &CaptureTarget<'_>,
+    ) -> Result<(VpxHeader, Option<[u64; 3]>), DecodeError> {
+        let bad = |m: String| Err(DecodeError::InvalidControls(m));
+        let (hdr, size, depth, refs) = match self.codec {
+            Codec::Vp8 => {
+                let f: V4l2CtrlVp8Frame = job
+                    .controls
+                    .get()
+                    .ok_or_else(|| DecodeError::InvalidControls("no VP8_FRAME".into()))?;
+                let hdr = VpxHeader::parse_vp8(job.bitstream)?;
+                if hdr.key_frame != f.is_key_frame() {
+                    return bad("KEY_FRAME flag contradicts the frame tag".into());
+                }
+                if hdr.show_frame != (f.flags & V4L2_VP8_FRAME_FLAG_SHOW_FRAME != 0) {
+                    return bad("SHOW_FRAME flag contradicts the frame tag".into());
+                }
+                if hdr.first_part_size != f.first_part_size {
+                    return bad(format!(
+                        "first_part_size {} but the frame tag says {}",
+                        f.first_part_size, hdr.first_part_size
+                    ));
+                }
+                // The partitions the controls describe must be in the
+                // buffer: a truncated frame fails here (libavcodec would
+                // decode the missing part as zeros).
+                let parts = usize::from(f.num_dct_parts.clamp(1, 8));
+                let header = if hdr.key_frame { 10 } else { 3 };
+                let dct: u64 = f.dct_part_sizes[..parts]
+                    .iter()
+                    .map(|&s| u64::from(s))
+                    .sum();
+                let first = header + u64::from(f.first_part_size);
+                let need = if dct > 0 {
+                    first + 3 * (parts as u64 - 1) + dct
+                } else {
+                    first
+                };
+                if need > job.bitstream.len() as u64 {
+                    return Err(DecodeError::Corrupt(format!(
+                        "VP8 frame of {} bytes, its partitions need {need}",
+                        job.bitstream.len()
+                    )));
+                }
+                let size = (u32::from(f.width), u32::from(f.height));
+                let refs = (!hdr.key_frame).then_some([
+                    f.last_frame_ts,
+                    f.golden_frame_ts,
+                    f.alt_frame_ts,
+                ]);
+                (hdr, size, 8, refs)
+            }
+            _ => {
+                let f: V4l2CtrlVp9Frame = job
+                    .controls
+                    .get()
+                    .ok_or_else(|| DecodeError::InvalidControls("no VP9_FRAME".into()))?;
+                let hdr = VpxHeader::parse_vp9(job.bitstream)?;
+                if hdr.show_existing {
+                    return Err(DecodeError::InvalidControls(
+                        "show_existing_frame codes no picture: not a decode job".into(),
+                    ));
+                }
+                let flag = |b| f.flags & b != 0;
+                if hdr.key_frame != flag(V4L2_VP9_FRAME_FLAG_KEY_FRAME)
+                    || hdr.show_frame != flag(V4L2_VP9_FRAME_FLAG_SHOW_FRAME)
+                    || hdr.intra_only != flag(V4L2_VP9_FRAME_FLAG_INTRA_ONLY)
+                {
+                    return bad("frame flags contradict the frame header".into());
+                }
+                if hdr.profile != f.profile {
+                    return bad(format!(
+                        "profile {} but the frame header says {}",
+                        f.profile, hdr.profile
+                    ));
+                }
+                if hdr.bit_depth.is_some_and(|d| d != f.bit_depth) {
+                    return bad(format!("bit_depth {} contradicts the header", f.bit_depth));
+                }
+                // Tile data must follow the two headers; libavcodec would
+                // decode a truncated last tile from zeros.
+                let headers =
+                    usize::from(f.uncompressed_header_size) + usize::from(f.compressed_header_size);
+                if f.compressed_header_size > 0 && headers >= job.bitstream.len() {
+                    return Err(DecodeError::Corrupt(format!(
+                        "VP9 frame of {} bytes, its headers take {headers}",
+                        job.bitstream.len()
+                    )));
+                }
+                let size = (
+                    u32::from(f.frame_width_minus_1) + 1,
+                    u32::from(f.frame_height_minus_1) + 1,
+                );
+                let refs =
+                    (!f.is_intra()).then_some([f.last_frame_ts, f.golden_frame_ts, f.alt_frame_ts]);
+                (hdr, size, f.bit_depth, refs)
+            }
+        };
+        if let Some(s) = hdr.size {
+            if s != size {
+                return bad(format!(
+                    "frame size {}x{} but the header codes {}x{}",
+                    size.0, size.1, s.0, s.1
+                ));
+            }
+        }
+        if size.0 > out.width || size.1 > out.height || size.0 == 0 || size.1 == 0 {
+            return Err(DecodeError::FormatMismatch(format!(
+                "{}x{} frame into {}x{}",
+                size.0, size.1, out.width, out.height
+            )));
+        }
+        let want = match depth {
+            8 => CaptureFormat::Nv12,
+            10 => CaptureFormat::P010,
+            d => return Err(DecodeError::Unsupported(format!("{d}-bit VP9"))),
+        };
+        if out.format != want {
+            return Err(DecodeError::FormatMismatch(format!(
+                "{depth}-bit frame into {:?}",
+                out.format
+            )));
+        }
+        Ok((hdr, refs))
+    }
+
+    /// Checks the job's references against the reference slots.
+    fn check_refs(&self, hdr: &VpxHeader, refs: &[u64; 3]) -> Result<(), u64> {
+        for (i, &ts) in refs.iter().enumerate() {
+            let ok = match self.codec {
+                Codec::Vp8 => self.slots.contains(&Some(ts)),
+                _ => self.slots[usize::from(hdr.ref_frame_idx[i])] == Some(ts),
+            };
+            if !ok {
+                return Err(ts);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for FfmpegVpx {
+    fn name(&self) -> &'static str {
+        "ffmpeg"
+    }
+
+    fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    fn decode(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+    ) -> Result<DecodeOutcome, DecodeError> {
+        if job.codec != self.codec {
+            return Err(DecodeError::InvalidControls(format!(
+                "{:?} job on a {:?} session",
+                job.codec, self.codec
+            )));
+        }
+        if job.flags.more_slices || job.flags.continues_picture {
+            return Err(DecodeError::InvalidControls(
+                "VP8/VP9 jobs carry whole frames (no held CAPTURE buffers)".into(),
+            ));
+        }
+        out.check()?;
+        let (hdr, refs) = match self.check_job(job, out) {
+            Ok(v) => v,
+            // A damaged frame: what follows cannot be predicted from it.
+            Err(e @ DecodeError::Corrupt(_)) => return self.fail(e),
+            // Controls or CAPTURE format wrong: the job is refused, the
+            // session unchanged.
+            Err(e) => return Err(e),
+        };
+        if hdr.key_frame {
+            if self.need_key || self.slots.iter().any(Option::is_some) {
+                self.s.flush();
+            }
+            self.slots = [None; 8];
+            self.need_key = false;
+        } else if self.need_key {
+            return Err(DecodeError::WaitingForKeyframe);
+        }
+        if let Some(refs) = &refs {
+            if let Err(missing) = self.check_refs(&hdr, refs) {
+                return self.fail(DecodeError::MissingReference(missing));
+            }
+        }
+        self.s.packet.clear();
+        self.s.packet.extend_from_slice(job.bitstream);
+        if let Err(e) = self.s.decode_packet() {
+            return self.fail(e);
+        }
+        match self.s.picture() {
+            Ok(p) if p.bits10 != (out.format == CaptureFormat::P010) => {
+                return self.fail(DecodeError::FormatMismatch(
+                    "decoded bit depth differs from the controls".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return self.fail(e),
+        }
+        if let Err(e) = self.s.copy_out(out) {
+            return self.fail(e);
+        }
+        match self.codec {
+            Codec::Vp8 => {
+                // The next frame's LAST, GOLDEN and ALTREF are each this
+                // frame or one of this frame's references.
+                self.slots = [None; 8];
+                for (s, ts) in self.slots.iter_mut().zip(refs.iter().flatten()) {
+                    *s = Some(*ts);
+                }
+                self.slots[3] = Some(job.timestamp);
+            }
+            _ => {
+                for (i, s) in self.slots.iter_mut().enumerate() {
+                    if hdr.refresh_frame_flags & (1 << i) != 0 {
+                        *s = Some(job.timestamp);
+                    }
+                }
+            }
+        }
+        Ok(DecodeOutcome::Decoded)
+    }
+
+    fn reset(&mut self) {
+        self.s.flush();
+        self.slots = [None; 8];
+        self.need_key = true;
     }
 }
 
