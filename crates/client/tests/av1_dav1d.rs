@@ -81,7 +81,7 @@ fn streams() -> Vec<Stream> {
             ten_bit: false,
         },
         Stream {
-            name: "forward_key_frames_96x64",
+            name: "many_show_existing_96x64",
             size: (96, 64),
             frames: 30,
             aomenc: &[
@@ -567,6 +567,54 @@ fn av1_backend_refuses_what_it_cannot_do_and_resyncs() {
         backend.decode(&input, &mut target),
         Err(DecodeError::Unsupported(_))
     ));
+}
+
+/// A `show_existing_frame` of a key frame refreshes every reference slot
+/// but reaches the daemon as no job; the backend replays it to dav1d when the
+/// next job's slots say it happened. (libaom does not emit forward key
+/// frames at the speeds used here, so the job's slots are edited to say so.)
+#[test]
+fn av1_key_frame_show_existing_is_replayed_to_dav1d() {
+    use decoder_core::ctrl::av1::V4l2CtrlAv1Frame;
+    use decoder_core::ctrl::CompoundControl;
+    use zerocopy::IntoBytes;
+    let dir = tmpdir("replay");
+    let s = Stream {
+        name: "replay_96x64",
+        size: (96, 64),
+        frames: 4,
+        aomenc: &["--lag-in-frames=0"],
+        ten_bit: false,
+    };
+    let file = encode(&dir, &s);
+    let mut parser = Av1Parser::new(std::fs::read(&file).unwrap(), Av1Options::default()).unwrap();
+    let mut jobs = Vec::new();
+    while let Some(FrameEvent::Decode { job, .. }) = parser.next_event().unwrap() {
+        jobs.push(*job);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let coded = jobs[0].picture.coded;
+    let mut backend = Dav1dAv1::new().unwrap();
+    let mut cur = ControlValues::defaults(Codec::Av1);
+    for job in &jobs[..2] {
+        assert_eq!(
+            decode_one(&mut backend, &mut cur, job, CaptureFormat::Nv12, coded),
+            Ok(DecodeOutcome::Decoded)
+        );
+    }
+    let key_ts = jobs[0].timestamp;
+    let mut job = jobs[2].clone();
+    let mut f = job.controls.get::<V4l2CtrlAv1Frame>().unwrap();
+    assert_ne!(f.reference_frame_ts, [key_ts; 8], "job 1 refreshed a slot");
+    f.reference_frame_ts = [key_ts; 8];
+    job.controls
+        .set_raw(V4l2CtrlAv1Frame::ID, f.as_bytes().to_vec());
+    assert_eq!(backend.replayed_key_frame_shows(), 0);
+    assert_eq!(
+        decode_one(&mut backend, &mut cur, &job, CaptureFormat::Nv12, coded),
+        Ok(DecodeOutcome::Decoded)
+    );
+    assert_eq!(backend.replayed_key_frame_shows(), 1);
 }
 
 /// Decode time per frame with 1 and 2 dav1d threads (the machine has 2
