@@ -104,6 +104,13 @@ fn streams() -> Vec<Stream> {
             ten_bit: false,
         },
         Stream {
+            name: "monochrome_96x64",
+            size: (96, 64),
+            frames: 6,
+            aomenc: &["--monochrome", "--lag-in-frames=4"],
+            ten_bit: false,
+        },
+        Stream {
             name: "ten_bit_p010_80x48",
             size: (80, 48),
             frames: 10,
