@@ -124,9 +124,34 @@ fn reconnects_after_the_frontend_goes_away_and_sigint_ends_it() {
 
 #[test]
 fn sigterm_while_waiting_to_connect() {
+    use std::io::BufRead;
     let path = sock_path("absent");
-    let mut child = daemon(&path, &[]);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_daedalus-daemon"))
+        .arg("--connect")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signal only once it runs (handlers installed) and has failed to
+    // connect twice: it keeps retrying.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("cannot connect") && tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    for _ in 0..2 {
+        rx.recv_timeout(30 * SEC)
+            .expect("daemon retries connecting");
+    }
     assert!(child.try_wait().unwrap().is_none(), "keeps retrying");
     let t = Instant::now();
     signal(&child, Signal::TERM);

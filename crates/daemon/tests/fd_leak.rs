@@ -24,7 +24,7 @@ fn test_mappings() -> usize {
 /// A session with decoding contexts, a job still running, and an unusable
 /// context; ended by `end`.
 fn session(end: &str) {
-    let slow = Duration::from_millis(300);
+    let slow = Duration::from_millis(800);
     let (t, sd, sock, _log) = spawn_server(2, slow);
     let mut f = Frontend::new(sock);
     f.attach();
@@ -39,7 +39,8 @@ fn session(end: &str) {
     f.queue_output(s, 0, 1, &[7]);
     f.queue_output(u, 0, 1, &[7]);
     assert!(f.pump_until(5 * SEC, |f| f.done(a).len() == 3 && f.done(b).len() == 1));
-    assert!(f.done(s).is_empty());
+    // Usually the slow job is still running now (not asserted: a loaded
+    // machine may have finished it; the leak checks hold either way).
     // The daemon maps the registered buffers (this is what must go away).
     // a: 3 OUTPUT + 3 CAPTURE, b and s: 1 + 1 each (u has no session).
     let mapped = test_mappings();

@@ -381,7 +381,7 @@ fn ctx_close_cancels_queued_jobs() {
 
 #[test]
 fn a_slow_context_does_not_block_the_others() {
-    let slow = Duration::from_millis(1500);
+    let slow = Duration::from_millis(3000);
     let (t, sd, sock, log) = spawn_server(2, slow);
     let mut f = Frontend::new(sock);
     f.attach();

@@ -161,6 +161,72 @@ pub fn join_timeout<T>(t: JoinHandle<T>, timeout: Duration) -> T {
     t.join().expect("thread panicked")
 }
 
+/// `struct udmabuf_create` of `<linux/udmabuf.h>`.
+#[repr(C)]
+struct UdmabufCreate {
+    memfd: u32,
+    flags: u32,
+    offset: u64,
+    size: u64,
+}
+
+/// `UDMABUF_CREATE`, whose result is the new dmabuf's descriptor.
+struct CreateUdmabuf(UdmabufCreate);
+
+// SAFETY: the opcode is `_IOW('u', 0x42, struct udmabuf_create)`, the
+// argument points at a `UdmabufCreate` (the kernel's layout) that the kernel
+// only reads, and the ioctl's return value is a new descriptor we own.
+unsafe impl rustix::ioctl::Ioctl for CreateUdmabuf {
+    type Output = OwnedFd;
+    const IS_MUTATING: bool = false;
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        rustix::ioctl::opcode::write::<UdmabufCreate>(b'u', 0x42)
+    }
+    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
+        (&mut self.0 as *mut UdmabufCreate).cast()
+    }
+    unsafe fn output_from_ptr(
+        out: rustix::ioctl::IoctlOutput,
+        _: *mut std::ffi::c_void,
+    ) -> rustix::io::Result<OwnedFd> {
+        // SAFETY: a successful UDMABUF_CREATE returns a fresh descriptor
+        // that nothing else owns.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(out) })
+    }
+}
+
+/// `/dev/udmabuf`, when this kernel has it and we may use it.
+pub fn udmabuf_dev() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/udmabuf",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
+}
+
+/// A real dmabuf of at least `size` bytes (whole pages) and the memfd that
+/// backs it (for the test's own reads and writes).
+pub fn udmabuf(dev: &OwnedFd, size: u64) -> (OwnedFd, OwnedFd) {
+    let size = size.div_ceil(4096).max(1) * 4096;
+    let memfd = rustix::fs::memfd_create(
+        "dv-udmabuf",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    rustix::fs::ftruncate(&memfd, size).unwrap();
+    rustix::fs::fcntl_add_seals(&memfd, rustix::fs::SealFlags::SHRINK).unwrap();
+    let arg = UdmabufCreate {
+        memfd: std::os::fd::AsRawFd::as_raw_fd(&memfd) as u32,
+        flags: 1, // UDMABUF_FLAGS_CLOEXEC
+        offset: 0,
+        size,
+    };
+    // SAFETY: see the `Ioctl` impl; `memfd` outlives the call.
+    let dmabuf = unsafe { rustix::ioctl::ioctl(dev, CreateUdmabuf(arg)) }.unwrap();
+    (memfd, dmabuf)
+}
+
 pub fn memfd(size: u64) -> OwnedFd {
     let fd = rustix::fs::memfd_create("dv-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&fd, size).unwrap();
@@ -202,8 +268,12 @@ pub struct Frontend {
     pub sock: SeqPacket,
     pub gen: u64,
     pub now: u64,
-    /// Memory of every buffer, one memfd per plane.
+    /// Memory of every buffer as sent to the daemon, one fd per plane.
     pub mem: HashMap<(CtxId, Queue, u32), Vec<OwnedFd>>,
+    /// For dmabufs: the memfds behind `mem`, for the test's reads/writes.
+    pub backing: HashMap<(CtxId, Queue, u32), Vec<OwnedFd>>,
+    /// Allocate buffers as udmabufs (with this `/dev/udmabuf`).
+    pub udmabuf: Option<OwnedFd>,
     pub sent: Vec<SentJob>,
     pub cancels: Vec<u64>,
     pub opens: Vec<proto::CtxOpen>,
@@ -225,6 +295,8 @@ impl Frontend {
             gen: 0,
             now: 1_000_000_000,
             mem: HashMap::new(),
+            backing: HashMap::new(),
+            udmabuf: None,
             sent: Vec::new(),
             cancels: Vec::new(),
             opens: Vec::new(),
@@ -233,6 +305,25 @@ impl Frontend {
             hello_reply: None,
             events: Vec::new(),
             closed: false,
+        }
+    }
+
+    /// A frontend whose buffers are dmabufs made by `/dev/udmabuf`.
+    pub fn new_dmabuf(sock: SeqPacket, udmabuf: OwnedFd) -> Self {
+        let mut f = Frontend::new(sock);
+        f.dev = Device::new(Config {
+            daemon_memory: proto::DV_MEM_DMABUF,
+            ..Config::default()
+        });
+        f.udmabuf = Some(udmabuf);
+        f
+    }
+
+    /// The fd the test reads and writes plane `p` of a buffer through.
+    pub fn data_fd(&self, k: (CtxId, Queue, u32), p: usize) -> &OwnedFd {
+        match self.backing.get(&k) {
+            Some(v) => &v[p],
+            None => &self.mem[&k][p],
         }
     }
 
@@ -343,10 +434,17 @@ impl Frontend {
     pub fn alloc(&mut self, c: CtxId, q: Queue, n: u32) {
         for i in 0..n {
             let info = self.dev.buffer(c, q, i).unwrap();
-            let planes = (0..info.num_planes as usize)
-                .map(|p| memfd(u64::from(info.length[p])))
-                .collect();
-            self.mem.insert((c, q, i), planes);
+            let sizes = (0..info.num_planes as usize).map(|p| u64::from(info.length[p]));
+            match &self.udmabuf {
+                Some(dev) => {
+                    let (backing, bufs): (Vec<_>, Vec<_>) = sizes.map(|s| udmabuf(dev, s)).unzip();
+                    self.mem.insert((c, q, i), bufs);
+                    self.backing.insert((c, q, i), backing);
+                }
+                None => {
+                    self.mem.insert((c, q, i), sizes.map(memfd).collect());
+                }
+            }
         }
     }
 
@@ -387,7 +485,7 @@ impl Frontend {
         flags: u32,
         controls: &ControlValues,
     ) {
-        rustix::io::pwrite(&self.mem[&(c, Queue::Output, i)][0], payload, 0).unwrap();
+        rustix::io::pwrite(self.data_fd((c, Queue::Output, i), 0), payload, 0).unwrap();
         let r = self.dev.request_alloc().unwrap();
         let ctrls: Vec<(u32, &[u8])> = controls.iter().collect();
         self.dev
@@ -425,7 +523,7 @@ impl Frontend {
 
     /// First byte of CAPTURE buffer `i`'s luma and of its chroma.
     pub fn capture_bytes(&self, c: CtxId, i: u32) -> (u8, u8) {
-        let fd = &self.mem[&(c, Queue::Capture, i)][0];
+        let fd = self.data_fd((c, Queue::Capture, i), 0);
         let mut y = [0u8];
         let mut uv = [0u8];
         rustix::io::pread(fd, &mut y, 0).unwrap();
