@@ -22,7 +22,7 @@ vm_die() { printf 'vm: error: %s\n' "$*" >&2; exit 1; }
 vm_resolve_kernel() {
     local key memo=$VM_CACHE/resolved-kernel names sources
     key=$(stat -c '%n %Y %s' /var/lib/apt/lists/*_Packages* 2>/dev/null | sha256sum | cut -c1-16)
-    if [ -f "$memo" ] && [ "$(sed -n 2p "$memo")" = "$key" ]; then
+    if [ -z "${VM_SETUP_RETRIED:-}" ] && [ -f "$memo" ] && [ "$(sed -n 2p "$memo")" = "$key" ]; then
         head -1 "$memo"
         return
     fi

@@ -43,11 +43,14 @@ download_debs() { # names... (at version $PKGVER) into $DEBS
     [ ${#want[@]} -gt 0 ] || return 0
     mkdir -p "$DEBS"
     vm_log "downloading ${want[*]}"
-    if ! (cd "$DEBS" && apt-get download -q "${want[@]}" >/dev/null 2>&1); then
-        # stale lists: the security archive only keeps the newest build
-        apt-get update -qq
-        (cd "$DEBS" && apt-get download -q "${want[@]}" >/dev/null) || vm_die "apt-get download ${want[*]} failed"
-    fi
+    (cd "$DEBS" && apt-get download -q "${want[@]}" >/dev/null 2>&1) && return 0
+    # Stale apt lists: the security archive only keeps the newest build, so what the lists name
+    # may be gone. Refresh them and start over once (the version is resolved again).
+    [ -z "${VM_SETUP_RETRIED:-}" ] || vm_die "apt-get download ${want[*]} failed"
+    vm_log "download failed; refreshing apt lists and resolving the kernel again"
+    apt-get update -qq
+    flock -u 9
+    VM_SETUP_RETRIED=1 exec bash "$0"
 }
 
 # ---------------------------------------------------------------- kernel tree
