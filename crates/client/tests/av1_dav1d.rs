@@ -111,6 +111,20 @@ fn streams() -> Vec<Stream> {
             ten_bit: false,
         },
         Stream {
+            name: "svt_av1_176x144",
+            size: (176, 144),
+            frames: 16,
+            aomenc: &["-c:v", "libsvtav1", "-preset", "12"],
+            ten_bit: false,
+        },
+        Stream {
+            name: "rav1e_176x144",
+            size: (176, 144),
+            frames: 12,
+            aomenc: &["-c:v", "librav1e", "-speed", "10"],
+            ten_bit: false,
+        },
+        Stream {
             name: "ten_bit_p010_80x48",
             size: (80, 48),
             frames: 10,
@@ -139,6 +153,15 @@ fn encode(dir: &Path, s: &Stream) -> PathBuf {
         .args(["-frames:v", &s.frames.to_string(), "-pix_fmt", "yuv420p"])
         .arg(&src));
     let out = dir.join(format!("{}.ivf", s.name));
+    if s.aomenc.first().is_some_and(|a| a.starts_with("-c:v")) {
+        // Another encoder through ffmpeg (libsvtav1, librav1e).
+        run(Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
+            .arg(&src)
+            .args(s.aomenc)
+            .arg(&out));
+        return out;
+    }
     run(Command::new("aomenc")
         .args(["--quiet", "--ivf", "--cpu-used=8", "--threads=1"])
         .arg(format!("--limit={}", s.frames))

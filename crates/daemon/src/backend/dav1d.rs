@@ -244,6 +244,9 @@ pub struct Dav1dAv1 {
     seq_sent: Option<SeqKey>,
     waiting_for_key: bool,
     replays: u64,
+    /// Screen content / integer MV setting of the last sequence header
+    /// synthesized that decoded.
+    tool_choice: ToolChoice,
 }
 
 // SAFETY: a dav1d context has no thread affinity; it must only not be used
@@ -312,6 +315,7 @@ impl Dav1dAv1 {
             seq_sent: None,
             waiting_for_key: true,
             replays: 0,
+            tool_choice: TOOL_CHOICES[0],
         })
     }
 
@@ -448,38 +452,80 @@ impl Dav1dAv1 {
             }
         }
 
-        let mut bytes = Vec::with_capacity(job.bitstream.len() + 32);
         let obus = obu_types(job.bitstream);
         let has_seq = obus
             .as_ref()
             .is_some_and(|t| t.contains(&OBU_SEQUENCE_HEADER));
         let seq_bytes = seq_key(&seq);
-        if has_seq {
-            self.seq_sent = Some(seq_bytes);
-        } else if self.seq_sent != Some(seq_bytes) {
-            bytes.extend(sequence_header_obu(&seq)?);
-            self.seq_sent = Some(seq_bytes);
-        }
-        match obus {
-            Some(_) => bytes.extend_from_slice(job.bitstream),
+        let mut frame_obu = Vec::new();
+        let frame_bytes: &[u8] = match obus {
+            Some(_) => job.bitstream,
             None => {
                 // GStreamer: the payload of one OBU_FRAME.
-                bytes.push(OBU_FRAME << 3 | 0x02);
-                leb128(&mut bytes, job.bitstream.len() as u64);
-                bytes.extend_from_slice(job.bitstream);
+                frame_obu.push(OBU_FRAME << 3 | 0x02);
+                leb128(&mut frame_obu, job.bitstream.len() as u64);
+                frame_obu.extend_from_slice(job.bitstream);
+                &frame_obu
+            }
+        };
+        // Sequence header choices to try: none needed, or the synthesized
+        // header with each screen-content / integer-MV setting that agrees
+        // with the frame header bits, the last one that worked first. Only a
+        // key frame may start a sequence, so only a key frame tries several.
+        let choices: Vec<Option<ToolChoice>> = if has_seq || self.seq_sent == Some(seq_bytes) {
+            vec![None]
+        } else {
+            let header = first_frame_header_payload(frame_bytes);
+            let mut c: Vec<ToolChoice> = Vec::new();
+            for choice in std::iter::once(self.tool_choice).chain(TOOL_CHOICES) {
+                let agrees = header.map_or(true, |h| {
+                    frame_header_agrees(h, choice, &seq, &frame) != Some(false)
+                });
+                if agrees && !c.contains(&choice) {
+                    c.push(choice);
+                }
+            }
+            if c.is_empty() {
+                c.push(self.tool_choice);
+            }
+            if !key {
+                c.truncate(1);
+            }
+            c.into_iter().map(Some).collect()
+        };
+        let mut result = Err(DecodeError::Corrupt("no attempt".into()));
+        for (i, choice) in choices.iter().enumerate() {
+            if i > 0 {
+                // A failed attempt with another sequence header: start over.
+                // SAFETY: ctx is open.
+                unsafe { ffi::dav1d_flush(self.ctx) };
+            }
+            let mut bytes = Vec::with_capacity(frame_bytes.len() + 32);
+            if let Some(c) = choice {
+                bytes.extend(sequence_header_obu_with(&seq, *c)?);
+            }
+            bytes.extend_from_slice(frame_bytes);
+            result = self.feed(&bytes, job.timestamp).and_then(|pics| {
+                let last = pics.last().map(|p| p.0.m.timestamp);
+                match last {
+                    None => Err(DecodeError::Corrupt("dav1d output no picture".into())),
+                    Some(t) if t != job.timestamp as i64 => Err(DecodeError::Corrupt(format!(
+                        "dav1d output picture {t} for job {}",
+                        job.timestamp
+                    ))),
+                    Some(_) => Ok(pics),
+                }
+            });
+            if result.is_ok() {
+                if let Some(c) = choice {
+                    self.tool_choice = *c;
+                }
+                break;
             }
         }
-
-        let pics = self.feed(&bytes, job.timestamp)?;
-        let Some(pic) = pics.last() else {
-            return Err(DecodeError::Corrupt("dav1d output no picture".into()));
-        };
-        if pic.0.m.timestamp != job.timestamp as i64 {
-            return Err(DecodeError::Corrupt(format!(
-                "dav1d output picture {} for job {}",
-                pic.0.m.timestamp, job.timestamp
-            )));
-        }
+        let pics = result?;
+        self.seq_sent = Some(seq_bytes);
+        let pic = pics.last().expect("checked above");
         copy_picture(&pic.0, out)?;
 
         if key {
@@ -613,11 +659,157 @@ impl Bits {
 /// uses: one operating point (idc 0, level 31), no timing / decoder model /
 /// display delay information, no frame id numbers, the smallest
 /// `frame_width_bits` / `frame_height_bits` that hold the maximum size (what
-/// libaom and SVT-AV1 write), screen content tools and integer MV selected
-/// per frame (`SELECT_*`, libaom's default outside real-time mode), and no
-/// colour description. A stream whose real header differs in these needs
-/// its sequence header OBU in the OUTPUT buffer.
+/// libaom, SVT-AV1 and rav1e write), screen content tools and integer MV
+/// selected per frame (`SELECT_*`, libaom's and SVT-AV1's choice; the
+/// backend tries the other settings of [`TOOL_CHOICES`] on a key frame that
+/// fails to decode with it), and no colour description. A stream whose real
+/// header differs in the other fields needs its sequence header OBU in the
+/// OUTPUT buffer.
 pub fn sequence_header_obu(s: &V4l2CtrlAv1Sequence) -> Result<Vec<u8>, DecodeError> {
+    sequence_header_obu_with(s, TOOL_CHOICES[0])
+}
+
+/// How the sequence header sets screen content tools and integer motion
+/// vectors: 0 or 1 forces the frame flag, [`SELECT`] lets each frame header
+/// code it. `imv` only exists when `sct` is not 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolChoice {
+    /// `seq_force_screen_content_tools`
+    pub sct: u8,
+    /// `seq_force_integer_mv`
+    pub imv: u8,
+}
+
+/// `SELECT_SCREEN_CONTENT_TOOLS` / `SELECT_INTEGER_MV`.
+pub const SELECT: u8 = 2;
+
+/// The settings tried, most common first: libaom and SVT-AV1 select per
+/// frame, rav1e forces screen content tools off.
+pub const TOOL_CHOICES: [ToolChoice; 5] = [
+    ToolChoice {
+        sct: SELECT,
+        imv: SELECT,
+    },
+    ToolChoice {
+        sct: 0,
+        imv: SELECT,
+    },
+    ToolChoice {
+        sct: 1,
+        imv: SELECT,
+    },
+    ToolChoice { sct: 1, imv: 0 },
+    ToolChoice { sct: 1, imv: 1 },
+];
+
+/// The payload of the first frame header (`OBU_FRAME_HEADER` or
+/// `OBU_FRAME`) of a buffer of OBUs.
+fn first_frame_header_payload(data: &[u8]) -> Option<&[u8]> {
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let h = data[pos];
+        let ty = (h >> 3) & 0xf;
+        pos += 1 + usize::from(h & 0x04 != 0);
+        let mut size = 0u64;
+        let mut shift = 0;
+        loop {
+            let b = *data.get(pos)?;
+            pos += 1;
+            size |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 56 {
+                return None;
+            }
+        }
+        let end = pos.checked_add(usize::try_from(size).ok()?)?;
+        if matches!(ty, 3 | 6) {
+            return data.get(pos..end);
+        }
+        pos = end;
+    }
+    None
+}
+
+/// Reads the start of an uncompressed frame header as the synthesized
+/// sequence header (with `choice`) would make dav1d read it, and compares
+/// each field with the frame control. `Some(false)`: a field disagrees, so
+/// `choice` cannot be the stream's; `None`: too short to tell.
+fn frame_header_agrees(
+    payload: &[u8],
+    choice: ToolChoice,
+    seq: &V4l2CtrlAv1Sequence,
+    f: &V4l2CtrlAv1Frame,
+) -> Option<bool> {
+    use decoder_core::ctrl::av1::*;
+    let mut pos = 0usize;
+    let mut bits = |n: u32| -> Option<u32> {
+        let mut v = 0;
+        for _ in 0..n {
+            let b = (payload.get(pos / 8)? >> (7 - pos % 8)) & 1;
+            v = (v << 1) | u32::from(b);
+            pos += 1;
+        }
+        Some(v)
+    };
+    let flag = |bit: u32| u32::from(f.flags & bit != 0);
+    if bits(1)? != 0 {
+        // show_existing_frame: nothing below depends on the choice.
+        return Some(true);
+    }
+    let frame_type = bits(2)?;
+    let show = bits(1)?;
+    if frame_type != f.frame_type || show != flag(V4L2_AV1_FRAME_FLAG_SHOW_FRAME) {
+        return Some(false);
+    }
+    if show == 0 && bits(1)? != flag(V4L2_AV1_FRAME_FLAG_SHOWABLE_FRAME) {
+        return Some(false);
+    }
+    let error_resilient = if frame_type == V4L2_AV1_KEY_FRAME && show == 1 {
+        1
+    } else {
+        bits(1)?
+    };
+    if error_resilient != flag(V4L2_AV1_FRAME_FLAG_ERROR_RESILIENT_MODE)
+        || bits(1)? != flag(V4L2_AV1_FRAME_FLAG_DISABLE_CDF_UPDATE)
+    {
+        return Some(false);
+    }
+    let allow_sct = if choice.sct == SELECT {
+        bits(1)?
+    } else {
+        u32::from(choice.sct)
+    };
+    if allow_sct != flag(V4L2_AV1_FRAME_FLAG_ALLOW_SCREEN_CONTENT_TOOLS) {
+        return Some(false);
+    }
+    if allow_sct == 1 && choice.imv == SELECT {
+        bits(1)?;
+    }
+    let size_override = if frame_type == V4L2_AV1_SWITCH_FRAME {
+        1
+    } else {
+        bits(1)?
+    };
+    if size_override != flag(V4L2_AV1_FRAME_FLAG_FRAME_SIZE_OVERRIDE) {
+        return Some(false);
+    }
+    if seq.flags & V4L2_AV1_SEQUENCE_FLAG_ENABLE_ORDER_HINT != 0
+        && bits(u32::from(seq.order_hint_bits))? != f.order_hint
+    {
+        return Some(false);
+    }
+    Some(true)
+}
+
+/// [`sequence_header_obu`] with the given screen content / integer MV
+/// setting.
+pub fn sequence_header_obu_with(
+    s: &V4l2CtrlAv1Sequence,
+    choice: ToolChoice,
+) -> Result<Vec<u8>, DecodeError> {
     let f = |bit: u32| s.flags & bit != 0;
     let mut b = Bits::default();
     b.put(3, u32::from(s.seq_profile));
@@ -651,8 +843,16 @@ pub fn sequence_header_obu(s: &V4l2CtrlAv1Sequence) -> Result<Vec<u8>, DecodeErr
         b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_JNT_COMP));
         b.flag(f(V4L2_AV1_SEQUENCE_FLAG_ENABLE_REF_FRAME_MVS));
     }
-    b.flag(true); // seq_choose_screen_content_tools
-    b.flag(true); // seq_choose_integer_mv
+    b.flag(choice.sct == SELECT); // seq_choose_screen_content_tools
+    if choice.sct != SELECT {
+        b.put(1, u32::from(choice.sct));
+    }
+    if choice.sct > 0 {
+        b.flag(choice.imv == SELECT); // seq_choose_integer_mv
+        if choice.imv != SELECT {
+            b.put(1, u32::from(choice.imv));
+        }
+    }
     if order_hint {
         if !(1..=8).contains(&s.order_hint_bits) {
             return Err(DecodeError::InvalidControls(format!(
