@@ -15,7 +15,9 @@
 //! 3. `BufRegister` maps a buffer's memory, `BufUnregister` unmaps it.
 //! 4. `Decode` resolves its buffers and controls and queues the job on its
 //!    context's worker, which runs jobs in order. Every job is answered
-//!    exactly once with a `Result` ([`Reply`]).
+//!    exactly once with a `Result` ([`Reply`]); a context's results come in
+//!    job order (a job refused for unregistered buffers or invalid controls
+//!    is answered in its turn too).
 //! 5. `Cancel` answers a queued job ECANCELED without decoding it; a running
 //!    job is answered when it ends.
 //! 6. `CtxClose` stops the context's worker after its current job and
@@ -66,7 +68,7 @@ use crate::backend::{self, JobFlags};
 use crate::buffers::{BufferError, CaptureLayout, RegisteredBuffer};
 use crate::reply::{Outbox, Reply};
 use crate::transport::{SeqPacket, Shutdown, Transport, TransportError};
-use crate::worker::{self, CancelOutcome, CtxQueue, PendingJob, Semaphore, WorkerArgs};
+use crate::worker::{self, CancelOutcome, CtxQueue, JobWork, PendingJob, Semaphore, WorkerArgs};
 
 pub use crate::worker::BackendFactory;
 
@@ -514,44 +516,11 @@ impl Session<'_> {
             CtxSession::Live { codec, queue, .. } => (*codec, queue),
             CtxSession::Failed(errno) => return reply.error(*errno),
         };
-        let (Some(output), Some(capture)) = (
-            c.buffers.get(&(DV_QUEUE_OUTPUT, job.output_index)),
-            c.buffers.get(&(DV_QUEUE_CAPTURE, job.capture_index)),
-        ) else {
-            tracing::warn!(
-                ctx = job.ctx_id,
-                cookie = job.cookie,
-                output = job.output_index,
-                capture = job.capture_index,
-                "job names a buffer that is not registered"
-            );
-            return reply.error(Errno::INVAL.raw_os_error());
-        };
-        let controls = match job_controls(codec, ctrls) {
-            Ok(v) => v,
-            Err((id, e)) => {
-                tracing::warn!(
-                    ctx = job.ctx_id,
-                    cookie = job.cookie,
-                    "control {id:#x}: {e}"
-                );
-                return reply.error(e.errno());
-            }
-        };
-        let n = (job.num_refs as usize).min(job.refs.len());
+        let work = resolve_job(&job, ctrls, codec, &c.buffers);
         queue.push(PendingJob {
             reply,
-            timestamp: job.timestamp,
-            bytesused: job.bytesused,
-            flags: JobFlags {
-                more_slices: job.flags & DV_DECODE_HOLD_CAPTURE != 0,
-                continues_picture: job.flags & DV_DECODE_CONTINUE != 0,
-            },
-            controls,
-            references: job.refs[..n].iter().map(|r| r.timestamp).collect(),
-            output: output.clone(),
-            capture: capture.clone(),
             cancelled: Arc::new(AtomicBool::new(false)),
+            work,
         });
     }
 
@@ -588,6 +557,49 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// The buffers and controls of a job, or the errno it fails with.
+fn resolve_job(
+    job: &proto::DecodeJob,
+    ctrls: &[proto::WireCtrl<'_>],
+    codec: Codec,
+    buffers: &HashMap<(u32, u32), Arc<RegisteredBuffer>>,
+) -> Result<JobWork, i32> {
+    let (Some(output), Some(capture)) = (
+        buffers.get(&(DV_QUEUE_OUTPUT, job.output_index)),
+        buffers.get(&(DV_QUEUE_CAPTURE, job.capture_index)),
+    ) else {
+        tracing::warn!(
+            ctx = job.ctx_id,
+            cookie = job.cookie,
+            output = job.output_index,
+            capture = job.capture_index,
+            "job names a buffer that is not registered"
+        );
+        return Err(Errno::INVAL.raw_os_error());
+    };
+    let controls = job_controls(codec, ctrls).map_err(|(id, e)| {
+        tracing::warn!(
+            ctx = job.ctx_id,
+            cookie = job.cookie,
+            "control {id:#x}: {e}"
+        );
+        e.errno()
+    })?;
+    let n = (job.num_refs as usize).min(job.refs.len());
+    Ok(JobWork {
+        timestamp: job.timestamp,
+        bytesused: job.bytesused,
+        flags: JobFlags {
+            more_slices: job.flags & DV_DECODE_HOLD_CAPTURE != 0,
+            continues_picture: job.flags & DV_DECODE_CONTINUE != 0,
+        },
+        controls,
+        references: job.refs[..n].iter().map(|r| r.timestamp).collect(),
+        output: output.clone(),
+        capture: capture.clone(),
+    })
 }
 
 /// The job's control values: each control validated as a client's write

@@ -73,6 +73,14 @@ pub fn decode_errno(e: &DecodeError) -> i32 {
 /// A job waiting for, or running on, its context's worker.
 pub(crate) struct PendingJob {
     pub reply: Reply,
+    pub cancelled: Arc<AtomicBool>,
+    /// What to decode, or the errno of a job refused when it arrived (it
+    /// is answered in its turn, so a context's results keep job order).
+    pub work: Result<JobWork, i32>,
+}
+
+/// The resolved content of a job.
+pub(crate) struct JobWork {
     pub timestamp: u64,
     pub bytesused: u32,
     pub flags: JobFlags,
@@ -80,7 +88,6 @@ pub(crate) struct PendingJob {
     pub references: Vec<u64>,
     pub output: Arc<RegisteredBuffer>,
     pub capture: Arc<RegisteredBuffer>,
-    pub cancelled: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -220,6 +227,13 @@ pub(crate) fn run(a: WorkerArgs) {
         }
     };
     while let Some(job) = a.queue.next() {
+        let work = match &job.work {
+            Ok(w) => w,
+            Err(errno) => {
+                job.reply.error(*errno);
+                continue;
+            }
+        };
         let b = match &mut backend {
             Ok(b) => b,
             Err(errno) => {
@@ -236,14 +250,14 @@ pub(crate) fn run(a: WorkerArgs) {
         let span = tracing::info_span!("job", ctx = a.ctx_id, cookie);
         let _j = span.enter();
         let r = catch_unwind(AssertUnwindSafe(|| {
-            decode_one(b.as_mut(), a.codec, &a.layout, &job)
+            decode_one(b.as_mut(), a.codec, &a.layout, work)
         }));
         drop(permit);
         match r {
             // The backend API does not report key frames or concealment
             // yet, so no DV_RESULT_* flag is set.
             Ok(Ok(DecodeOutcome::Decoded)) => {
-                job.reply.done(a.layout.bytesused(&job.capture), 0);
+                job.reply.done(a.layout.bytesused(&work.capture), 0);
             }
             Ok(Ok(DecodeOutcome::Held)) => job.reply.done([0; 4], 0),
             Ok(Err(errno)) => job.reply.error(errno),
@@ -263,7 +277,7 @@ fn decode_one(
     backend: &mut dyn Backend,
     codec: Codec,
     layout: &CaptureLayout,
-    job: &PendingJob,
+    job: &JobWork,
 ) -> Result<DecodeOutcome, i32> {
     let input = job.output.read().map_err(|e| e.errno())?;
     let bitstream = input.bitstream(job.bytesused).map_err(|e| {

@@ -908,3 +908,101 @@ fn unregister_and_close_unmap_buffers() {
         Ok(SessionEnd::PeerClosed)
     ));
 }
+
+#[test]
+fn a_contexts_results_keep_job_order_even_for_refused_jobs() {
+    let (t, _sd, sock, log) = spawn_server(2, Duration::from_millis(300));
+    raw_send(&sock, &hello(proto::DV_FEAT_ALL), &[]);
+    recv_timeout(&sock, 5 * SEC).unwrap();
+    let d = fmt::try_decoded(fmt::PIX_FMT_NV12, 64, 48);
+    let mut planes = [proto::PlaneFmt::default(); 4];
+    planes[0] = proto::PlaneFmt {
+        bytesperline: d.planes[0].bytesperline,
+        sizeimage: d.planes[0].sizeimage,
+    };
+    raw_send(
+        &sock,
+        &Message::CtxOpen(proto::CtxOpen {
+            ctx_id: 1,
+            codec: 4, // VP9: the slow test backend
+            coded_fourcc: SLOW,
+            capture_fourcc: fmt::PIX_FMT_NV12,
+            width: 64,
+            height: 48,
+            num_planes: 1,
+            reserved: 0,
+            planes,
+        }),
+        &[],
+    );
+    for (queue, len) in [
+        (proto::DV_QUEUE_OUTPUT, 4096),
+        (proto::DV_QUEUE_CAPTURE, d.planes[0].sizeimage),
+    ] {
+        let mut bp = [proto::BufPlane::default(); 4];
+        bp[0].length = len;
+        let fd = memfd(u64::from(len));
+        raw_send(
+            &sock,
+            &Message::BufRegister(proto::BufRegister {
+                ctx_id: 1,
+                queue,
+                index: 0,
+                num_planes: 1,
+                memory: proto::DV_MEM_MEMFD,
+                reserved: 0,
+                planes: bp,
+            }),
+            &[fd.as_fd()],
+        );
+    }
+    // Job 2 names an unregistered CAPTURE buffer, job 3 an invalid control.
+    let bad_ctrl = [0u8; 3];
+    for (cookie, capture, ctrls) in [
+        (1u64, 0u32, vec![]),
+        (2, 5, vec![]),
+        (
+            3,
+            0,
+            vec![proto::WireCtrl {
+                id: 0x00a4_0901,
+                payload: &bad_ctrl[..],
+            }],
+        ),
+        (4, 0, vec![]),
+    ] {
+        raw_send(
+            &sock,
+            &Message::Decode(
+                proto::DecodeJob {
+                    ctx_id: 1,
+                    cookie,
+                    timestamp: cookie,
+                    bytesused: 8,
+                    capture_index: capture,
+                    ..Default::default()
+                },
+                ctrls,
+            ),
+            &[],
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match proto::decode(&recv_timeout(&sock, 5 * SEC).unwrap()).unwrap() {
+            Message::Result(r) => got.push((r.cookie, r.status, r.error)),
+            m => panic!("{m:?}"),
+        }
+    }
+    assert_eq!(got[0], (1, DV_STATUS_DONE, 0));
+    assert_eq!(got[1], (2, DV_STATUS_ERROR, EINVAL));
+    assert_eq!((got[2].0, got[2].1), (3, DV_STATUS_ERROR));
+    assert_ne!(got[2].2, 0);
+    assert_eq!(got[3], (4, DV_STATUS_DONE, 0));
+    assert_eq!(log.decoded.lock().len(), 2);
+    drop(sock);
+    assert!(matches!(
+        join_timeout(t, 5 * SEC),
+        Ok(SessionEnd::PeerClosed)
+    ));
+}
