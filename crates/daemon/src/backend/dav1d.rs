@@ -478,9 +478,10 @@ impl Dav1dAv1 {
             let header = first_frame_header_payload(frame_bytes);
             let mut c: Vec<ToolChoice> = Vec::new();
             for choice in std::iter::once(self.tool_choice).chain(TOOL_CHOICES) {
-                let agrees = header.map_or(true, |h| {
-                    frame_header_agrees(h, choice, &seq, &frame) != Some(false)
-                });
+                let agrees = match header {
+                    Some(h) => frame_header_agrees(h, choice, &seq, &frame) != Some(false),
+                    None => true,
+                };
                 if agrees && !c.contains(&choice) {
                     c.push(choice);
                 }
