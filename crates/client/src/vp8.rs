@@ -47,6 +47,9 @@ pub struct Vp8Parser {
     next_ts: u64,
     shown: i64,
     seen_key: bool,
+    /// Width, height and scaling codes of the last key frame (only key
+    /// frames code them; every frame's control carries them).
+    dims: (u16, u16, u8, u8),
     stats: Vp8Stats,
 }
 
@@ -165,6 +168,7 @@ impl Vp8Parser {
             next_ts: TIMESTAMP_STEP,
             shown: 0,
             seen_key: false,
+            dims: (0, 0, 0, 0),
             stats: Vp8Stats::default(),
         })
     }
@@ -183,7 +187,12 @@ impl Vp8Parser {
             .parser
             .parse_frame(data)
             .map_err(|e| ClientError::Bitstream(e.to_string()))?;
-        let h = frame.header.clone();
+        let mut h = frame.header.clone();
+        if h.key_frame {
+            self.dims = (h.width, h.height, h.horiz_scale_code, h.vert_scale_code);
+        } else {
+            (h.width, h.height, h.horiz_scale_code, h.vert_scale_code) = self.dims;
+        }
         if !h.key_frame && !self.seen_key {
             return Err(ClientError::Bitstream(
                 "stream does not start with a key frame".into(),

@@ -7,9 +7,7 @@
 //!   outputs.
 //! * `vp8_decode_matches_ffmpeg`: the jobs decoded by the daemon's built-in
 //!   VP8 backend (`backend::open(Codec::Vp8)`, FFmpeg), per-frame MD5 of
-//!   the shown pictures against `ffmpeg -f framemd5`. Ignored until the
-//!   FFmpeg backend decodes VP8; run with `--ignored` it fails loudly while
-//!   the backend refuses the codec.
+//!   the shown pictures against `ffmpeg -f framemd5`; 0 mismatches.
 //!
 //! Needs `vpxenc` (vpx-tools) and `ffmpeg`.
 
@@ -141,7 +139,7 @@ struct Decoded {
 
 /// Parses the stream, checks every job like the kernel and the frontend
 /// would and, with `decode`, decodes it with the built-in backend.
-fn process(file: &Path, ten_bit: bool, decode: bool) -> Decoded {
+fn process(file: &Path, size: (u32, u32), ten_bit: bool, decode: bool) -> Decoded {
     let mut parser = Vp8Parser::new(std::fs::read(file).unwrap()).unwrap();
     let mut backend = decode.then(|| {
         backend::open(CODEC)
@@ -166,6 +164,12 @@ fn process(file: &Path, ten_bit: bool, decode: bool) -> Decoded {
             FrameEvent::Decode { job, shown } => {
                 out.jobs += 1;
                 assert!(!job.bitstream.is_empty());
+                assert_eq!(
+                    (job.picture.visible.2, job.picture.visible.3),
+                    size,
+                    "job {}: every frame has the key frame's size",
+                    job.timestamp
+                );
                 for (id, bytes) in job.controls.iter() {
                     let v = validate_write(CODEC, id, bytes).unwrap_or_else(|e| {
                         panic!("job {}: control {id:#x} refused: {e}", job.timestamp)
@@ -236,7 +240,7 @@ fn vp8_client_jobs_are_valid() {
     for s in streams() {
         let file = encode(&dir, &s);
         let want = reference_md5s(&file, s.ten_bit);
-        let got = process(&file, s.ten_bit, false);
+        let got = process(&file, s.size, s.ten_bit, false);
         println!(
             "{:32} jobs {:3} shown {:3}/{:3} hidden {:2} keys {:2} partitions {}",
             s.name,
@@ -256,14 +260,13 @@ fn vp8_client_jobs_are_valid() {
 }
 
 #[test]
-#[ignore = "needs VP8 in the FFmpeg backend (backend::open(Codec::Vp8))"]
 fn vp8_decode_matches_ffmpeg() {
     let dir = tmpdir("decode");
     let (mut frames, mut bad) = (0, 0);
     for s in streams() {
         let file = encode(&dir, &s);
         let want = reference_md5s(&file, s.ten_bit);
-        let got = process(&file, s.ten_bit, true);
+        let got = process(&file, s.size, s.ten_bit, true);
         let mismatches = got.shown.iter().zip(&want).filter(|(g, w)| g != w).count()
             + got.shown.len().abs_diff(want.len());
         println!(

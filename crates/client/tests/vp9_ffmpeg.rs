@@ -8,9 +8,7 @@
 //!   outputs.
 //! * `vp9_decode_matches_ffmpeg`: the jobs decoded by the daemon's built-in
 //!   VP9 backend (`backend::open(Codec::Vp9)`, FFmpeg), per-frame MD5 of
-//!   the shown pictures against `ffmpeg -f framemd5`. Ignored until the
-//!   FFmpeg backend decodes VP9; run with `--ignored` it fails loudly while
-//!   the backend refuses the codec.
+//!   the shown pictures against `ffmpeg -f framemd5`; 0 mismatches.
 //!
 //! Needs `vpxenc` (vpx-tools) and `ffmpeg`.
 
@@ -277,7 +275,6 @@ fn vp9_client_jobs_are_valid() {
 }
 
 #[test]
-#[ignore = "needs VP9 in the FFmpeg backend (backend::open(Codec::Vp9))"]
 fn vp9_decode_matches_ffmpeg() {
     let dir = tmpdir("decode");
     let (mut frames, mut bad) = (0, 0);
