@@ -37,6 +37,8 @@ fn run(cmd: &mut Command) -> Vec<u8> {
 
 struct Stream {
     name: &'static str,
+    /// Insert `show_existing_frame` frames (libvpx never writes them).
+    show_existing: bool,
     size: (u32, u32),
     frames: u32,
     args: &'static [&'static str],
@@ -47,13 +49,23 @@ fn streams() -> Vec<Stream> {
     vec![
         Stream {
             name: "twopass_altref_96x64",
+            show_existing: false,
             size: (96, 64),
             frames: 24,
             args: &["--auto-alt-ref=1", "--lag-in-frames=16", "--kf-max-dist=30"],
             ten_bit: false,
         },
         Stream {
+            name: "show_existing_inserted_96x64",
+            show_existing: true,
+            size: (96, 64),
+            frames: 16,
+            args: &["--auto-alt-ref=1", "--lag-in-frames=8"],
+            ten_bit: false,
+        },
+        Stream {
             name: "tiles_2x2_odd_size_530x150",
+            show_existing: false,
             size: (530, 150),
             frames: 8,
             args: &[
@@ -66,6 +78,7 @@ fn streams() -> Vec<Stream> {
         },
         Stream {
             name: "profile2_10bit_p010_80x48",
+            show_existing: false,
             size: (80, 48),
             frames: 10,
             args: &[
@@ -113,7 +126,41 @@ fn encode(dir: &Path, s: &Stream) -> PathBuf {
         .arg("-o")
         .arg(&out)
         .arg(&src));
+    if s.show_existing {
+        insert_show_existing(&out);
+    }
     out
+}
+
+/// Rewrites an IVF file with a one-byte `show_existing_frame` frame (profile
+/// 0, `frame_to_show_map_idx` = the frame's index modulo 8) after every
+/// third frame from the second on; timestamps are renumbered.
+fn insert_show_existing(file: &Path) {
+    let data = std::fs::read(file).unwrap();
+    let mut out = data[..32].to_vec();
+    let mut pos = 32;
+    let mut n = 0u64;
+    let mut push = |out: &mut Vec<u8>, frame: &[u8]| {
+        out.extend((frame.len() as u32).to_le_bytes());
+        out.extend(n.to_le_bytes());
+        out.extend(frame);
+        n += 1;
+    };
+    let mut i = 0;
+    while pos + 12 <= data.len() {
+        let size = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        let frame = &data[pos + 12..pos + 12 + size];
+        pos += 12 + size;
+        push(&mut out, frame);
+        if i >= 1 && i % 3 == 1 {
+            // frame_marker 10, profile 00, show_existing_frame 1, slot
+            push(&mut out, &[0x88 | (i % 8) as u8]);
+        }
+        i += 1;
+    }
+    let count = n as u32;
+    out[24..28].copy_from_slice(&count.to_le_bytes());
+    std::fs::write(file, out).unwrap();
 }
 
 fn reference_md5s(file: &Path, ten_bit: bool) -> Vec<String> {
@@ -263,6 +310,7 @@ fn vp9_client_jobs_are_valid() {
         );
         assert_eq!(got.shown.len(), want.len(), "{}", s.name);
         total.hidden += got.stats.hidden;
+        total.show_existing += got.stats.show_existing;
         total.superframes += got.stats.superframes;
         total.compound += got.stats.compound;
         if s.ten_bit {
@@ -270,7 +318,10 @@ fn vp9_client_jobs_are_valid() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(total.hidden > 0 && total.superframes > 0, "{total:?}");
+    assert!(
+        total.hidden > 0 && total.superframes > 0 && total.show_existing > 0,
+        "{total:?}"
+    );
     assert!(total.compound > 0, "no compound prediction exercised");
 }
 
