@@ -53,6 +53,8 @@ struct BoolDecoder<'a> {
     max_bits: usize,
     value: u32,
     range: u32,
+    /// Every symbol read (value, probability), when tracing.
+    trace: Option<Vec<(bool, u8)>>,
 }
 
 impl<'a> BoolDecoder<'a> {
@@ -66,6 +68,7 @@ impl<'a> BoolDecoder<'a> {
             max_bits: 8 * data.len() - 8,
             value: u32::from(data[0]),
             range: 255,
+            trace: None,
         };
         if d.read(128) {
             return Err(ClientError::Bitstream(
@@ -98,6 +101,9 @@ impl<'a> BoolDecoder<'a> {
         while self.range < 128 {
             self.range <<= 1;
             self.value = (self.value << 1) | self.next_bit();
+        }
+        if let Some(t) = self.trace.as_mut() {
+            t.push((bit, p));
         }
         bit
     }
@@ -143,8 +149,23 @@ pub fn parse_compressed_header(
     h: &Header,
     data: &[u8],
 ) -> Result<(V4l2CtrlVp9CompressedHdr, u8), ClientError> {
+    parse_compressed_header_traced(h, data, None)
+}
+
+/// [`parse_compressed_header`] that also appends every boolean symbol it
+/// reads (value, probability) to `trace`, the marker bit first. An encoder
+/// that writes the same symbols reproduces the header, which is how the
+/// tests check that the reader follows the syntax exactly.
+pub fn parse_compressed_header_traced(
+    h: &Header,
+    data: &[u8],
+    trace: Option<&mut Vec<(bool, u8)>>,
+) -> Result<(V4l2CtrlVp9CompressedHdr, u8), ClientError> {
     let mut c = V4l2CtrlVp9CompressedHdr::new_zeroed();
     let mut d = BoolDecoder::new(data)?;
+    if trace.is_some() {
+        d.trace = Some(vec![(false, 128)]);
+    }
     let inv_map = inv_map_table();
     let diff = |d: &mut BoolDecoder<'_>| -> u8 {
         if !d.read(252) {
@@ -311,6 +332,9 @@ pub fn parse_compressed_header(
         return Err(ClientError::Bitstream(
             "compressed header: non-zero padding after the last symbol".into(),
         ));
+    }
+    if let (Some(out), Some(t)) = (trace, d.trace.take()) {
+        out.extend(t);
     }
     Ok((c, reference_mode))
 }
