@@ -41,7 +41,7 @@ compliance() { # label node must_pass
     v4l2-compliance -d "$2" -s >"$log" 2>&1 || true
     t1=$(date +%s)
     summary=$(grep -E '^Total for ' "$log" | tail -1)
-    echo "COMPLIANCE: $1 ($2, $((t1 - t0))s): ${summary:-no summary line}"
+    echo "COMPLIANCE: $1 ($2, $((t1 - t0))s): ${summary:-no summary line}$([ "$3" = 1 ] || echo ' [informational]')"
     if [ "$3" = 1 ]; then
         if [[ $summary =~ Failed:\ 0, ]]; then
             ok "v4l2-compliance -s $1"
