@@ -1,5 +1,6 @@
 //! `daedalus`: decode a video file through the daedalus-v4l2 stack.
 
+mod device;
 mod embedded;
 mod frontend;
 mod output;
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand};
 use daedalus_client::{DisplayQueue, Job, PictureInfo, StreamParser};
 use decoder_core::fmt;
 
+use crate::device::V4l2Device;
 use crate::embedded::Embedded;
 use crate::frontend::{Frontend, Picture};
 use crate::output::{pack_visible, FrameMd5};
@@ -117,12 +119,6 @@ fn decode(
     device: Option<&Path>,
     threads: usize,
 ) -> Result<()> {
-    if let Some(d) = device {
-        bail!(
-            "--device {}: driving a V4L2 device is not implemented yet (issues 5 and 6)",
-            d.display()
-        );
-    }
     let mut parser = open_parser(input)?;
     let Some(first) = parser
         .next_job()
@@ -131,13 +127,22 @@ fn decode(
         bail!("{}: no picture in the stream", input.display());
     };
     let (cw, ch) = first.picture.coded;
-    let mut emb: Box<dyn Frontend> = Box::new(Embedded::new(
-        fmt::fourcc_of(first.codec),
-        cw,
-        ch,
-        first.picture.bit_depth > 8,
-        threads,
-    )?);
+    let mut emb: Box<dyn Frontend> = match device {
+        Some(d) => Box::new(V4l2Device::open(
+            d,
+            fmt::fourcc_of(first.codec),
+            cw,
+            ch,
+            first.picture.bit_depth > 8,
+        )?),
+        None => Box::new(Embedded::new(
+            fmt::fourcc_of(first.codec),
+            cw,
+            ch,
+            first.picture.bit_depth > 8,
+            threads,
+        )?),
+    };
     let (_, _, vw, vh) = first.picture.visible;
     let mut sink = Sink {
         yuv: output

@@ -1,0 +1,681 @@
+//! The V4L2 frontend: a real stateless decoder behind `/dev/videoN` and its
+//! media controller node, driven with v4l2r's ioctl wrappers (and its
+//! bindings for the few calls it does not wrap).
+//!
+//! The sequence is the uAPI's stateless decoder interface: QUERYCAP, S_FMT
+//! on OUTPUT (coded format) then CAPTURE (NV12 / NV12M / P010), REQBUFS +
+//! mmap on both queues, STREAMON; per job a media request holding the
+//! controls and one OUTPUT buffer; CAPTURE buffers queued and dequeued;
+//! `V4L2_DEC_CMD_FLUSH` at the end.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use decoder_core::ctrl::{Codec, ControlValues};
+use decoder_core::fmt::{self, PixFormat, PlaneLayout};
+use v4l2r::bindings::{
+    self, timeval, v4l2_capability, v4l2_decoder_cmd, v4l2_ext_control, v4l2_fmtdesc, v4l2_format,
+    v4l2_requestbuffers,
+};
+use v4l2r::ioctl::{
+    self as vio, CtrlWhich, DqBufIoctlError, IoctlConvertError, PlaneMapping, QueryBuffer, Request,
+    UncheckedV4l2Buffer,
+};
+use v4l2r::nix::errno::Errno;
+use v4l2r::QueueType;
+
+use crate::frontend::{Frontend, Picture};
+
+/// OUTPUT buffers (bitstream) requested.
+pub const OUTPUT_BUFFERS: u32 = 4;
+/// CAPTURE buffers requested: a full H.264 DPB plus reordering headroom.
+pub const CAPTURE_BUFFERS: u32 = 32;
+/// Smallest OUTPUT buffer asked for.
+const MIN_OUTPUT_SIZE: u32 = 1 << 20;
+
+const OUT_Q: QueueType = QueueType::VideoOutputMplane;
+const CAP_Q: QueueType = QueueType::VideoCaptureMplane;
+
+/// `struct media_device_info` (include/uapi/linux/media.h); v4l2r's
+/// bindings only cover videodev2.h.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct MediaDeviceInfo {
+    driver: [u8; 16],
+    model: [u8; 32],
+    serial: [u8; 40],
+    bus_info: [u8; 32],
+    media_version: u32,
+    hw_revision: u32,
+    driver_version: u32,
+    reserved: [u32; 31],
+}
+
+// MEDIA_IOC_DEVICE_INFO = _IOWR('|', 0x00, struct media_device_info)
+v4l2r::nix::ioctl_readwrite!(media_ioc_device_info, b'|', 0x00, MediaDeviceInfo);
+
+/// A V4L2 stateless decoder device with formats set, buffers mapped and
+/// both queues streaming.
+pub struct V4l2Device {
+    // Mappings first: they are unmapped before the video fd closes.
+    out_maps: Vec<PlaneMapping>,
+    cap_maps: Vec<Vec<PlaneMapping>>,
+    /// Requests that are queued with an OUTPUT buffer, by its index.
+    in_flight: HashMap<u32, Request>,
+    /// Requests whose OUTPUT buffer came back but that were not complete
+    /// yet when we tried to reinit them.
+    completing: Vec<Request>,
+    /// Reinitialised requests ready for reuse.
+    pool: Vec<Request>,
+    free_out: Vec<u32>,
+    cap_fmt: PixFormat,
+    codec: Codec,
+    hold_supported: bool,
+    video_path: PathBuf,
+    media: File,
+    video: File,
+}
+
+impl std::fmt::Debug for V4l2Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("V4l2Device")
+            .field("video", &self.video_path)
+            .field("cap_fmt", &self.cap_fmt)
+            .field("in_flight", &self.in_flight.len())
+            .finish()
+    }
+}
+
+/// Converts a job timestamp (ns) to the `struct timeval` of a
+/// `v4l2_buffer`, the inverse of the kernel's `v4l2_timeval_to_ns`
+/// (exact for multiples of 1000 ns).
+pub fn ns_to_timeval(ns: u64) -> timeval {
+    timeval {
+        tv_sec: (ns / 1_000_000_000) as _,
+        tv_usec: ((ns % 1_000_000_000) / 1000) as _,
+    }
+}
+
+/// The kernel's `v4l2_timeval_to_ns`.
+pub fn timeval_to_ns(tv: &timeval) -> u64 {
+    (tv.tv_sec as u64) * 1_000_000_000 + (tv.tv_usec as u64) * 1000
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn fourcc_str(f: u32) -> String {
+    f.to_le_bytes()
+        .iter()
+        .map(|&c| if c.is_ascii_graphic() { c as char } else { '.' })
+        .collect()
+}
+
+/// Finds the media controller node of a video node: first through sysfs
+/// (the media device sits next to the video device under the same parent),
+/// then by matching `bus_info` of every /dev/media* with QUERYCAP's.
+fn find_media_node(video: &File, video_path: &Path, bus_info: &str) -> Result<PathBuf> {
+    let rdev = video.metadata()?.rdev();
+    let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    let dev_dir = PathBuf::from(format!("/sys/dev/char/{major}:{minor}/device"));
+    if let Ok(rd) = std::fs::read_dir(&dev_dir) {
+        let mut found: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("media") && n[5..].chars().all(|c| c.is_ascii_digit()))
+            .collect();
+        found.sort();
+        if let Some(n) = found.first() {
+            let p = PathBuf::from("/dev").join(n);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/dev")?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("media"))
+        })
+        .collect();
+    candidates.sort();
+    for p in candidates {
+        let Ok(f) = OpenOptions::new().read(true).write(true).open(&p) else {
+            continue;
+        };
+        // SAFETY: MediaDeviceInfo is plain old data with the kernel's
+        // layout; all-zero is a valid value.
+        let mut info: MediaDeviceInfo = unsafe { std::mem::zeroed() };
+        // SAFETY: MEDIA_IOC_DEVICE_INFO fills a struct media_device_info,
+        // which `info` is (repr(C), same size), valid for the whole call.
+        if unsafe { media_ioc_device_info(f.as_raw_fd(), &mut info) }.is_ok()
+            && cstr(&info.bus_info) == bus_info
+        {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{}: no media controller device found (sysfs {} or a /dev/media* with bus_info {bus_info:?})",
+        video_path.display(),
+        dev_dir.display()
+    )
+}
+
+fn mplane(f: &v4l2_format) -> &bindings::v4l2_pix_format_mplane {
+    // SAFETY: every format this module sets or reads is of an _MPLANE
+    // buffer type, for which the kernel uses the `pix_mp` member.
+    unsafe { &f.fmt.pix_mp }
+}
+
+fn to_pix_format(f: &v4l2_format) -> PixFormat {
+    let mp = mplane(f);
+    let mut out = PixFormat {
+        fourcc: mp.pixelformat,
+        width: mp.width,
+        height: mp.height,
+        num_planes: u32::from(mp.num_planes).min(4),
+        planes: [PlaneLayout::default(); 4],
+    };
+    for i in 0..out.num_planes as usize {
+        let p = mp.plane_fmt[i];
+        out.planes[i] = PlaneLayout {
+            bytesperline: p.bytesperline,
+            sizeimage: p.sizeimage,
+        };
+    }
+    out
+}
+
+fn errno_of<E: std::fmt::Display>(what: &str, e: E) -> anyhow::Error {
+    anyhow!("{what}: {e}")
+}
+
+impl V4l2Device {
+    /// Opens `path` (and its media node), checks it is a streaming M2M
+    /// multiplanar device, sets OUTPUT to `coded_fourcc` at `width` x
+    /// `height` and CAPTURE to NV12 / NV12M (P010 when `ten_bit`) as the
+    /// device offers, allocates and maps the buffers and starts streaming.
+    pub fn open(
+        path: &Path,
+        coded_fourcc: u32,
+        width: u32,
+        height: u32,
+        ten_bit: bool,
+    ) -> Result<Self> {
+        let codec = fmt::codec_of(coded_fourcc)
+            .ok_or_else(|| anyhow!("no codec for fourcc {}", fourcc_str(coded_fourcc)))?;
+        let video = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let cap: v4l2_capability =
+            vio::querycap(&video).map_err(|e| errno_of("VIDIOC_QUERYCAP", e))?;
+        let caps = if cap.capabilities & bindings::V4L2_CAP_DEVICE_CAPS != 0 {
+            cap.device_caps
+        } else {
+            cap.capabilities
+        };
+        let card = cstr(&cap.card);
+        if caps & bindings::V4L2_CAP_VIDEO_M2M_MPLANE == 0 {
+            bail!(
+                "{} ({card}): not a multiplanar memory-to-memory device (caps {caps:#x})",
+                path.display()
+            );
+        }
+        if caps & bindings::V4L2_CAP_STREAMING == 0 {
+            bail!("{} ({card}): no streaming I/O", path.display());
+        }
+        let bus_info = cstr(&cap.bus_info);
+        let media_path = find_media_node(&video, path, &bus_info)?;
+        let media = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&media_path)
+            .with_context(|| format!("opening {}", media_path.display()))?;
+        tracing::info!(
+            "{}: {card} ({}), media node {}",
+            path.display(),
+            cstr(&cap.driver),
+            media_path.display()
+        );
+
+        let mut video = video;
+        // OUTPUT: the coded format.
+        let mut f = v4l2_format {
+            type_: OUT_Q as u32,
+            ..Default::default()
+        };
+        {
+            // SAFETY: writing the `pix_mp` member of the zeroed union, the
+            // member an _MPLANE buffer type uses.
+            let mp = unsafe { &mut f.fmt.pix_mp };
+            mp.pixelformat = coded_fourcc;
+            mp.width = width;
+            mp.height = height;
+            mp.num_planes = 1;
+            mp.plane_fmt[0].sizeimage = (width * height * 3 / 2).max(MIN_OUTPUT_SIZE);
+        }
+        let got: v4l2_format =
+            vio::s_fmt(&mut video, f).map_err(|e| errno_of("VIDIOC_S_FMT(OUTPUT)", e))?;
+        if mplane(&got).pixelformat != coded_fourcc {
+            bail!(
+                "{}: the device does not decode {} (it chose {})",
+                path.display(),
+                fourcc_str(coded_fourcc),
+                fourcc_str(mplane(&got).pixelformat)
+            );
+        }
+
+        // CAPTURE: what the device offers for this coded format.
+        let mut offered = Vec::new();
+        for i in 0.. {
+            match vio::enum_fmt::<v4l2_fmtdesc>(&video, CAP_Q, i) {
+                Ok(d) => offered.push(d.pixelformat),
+                Err(_) => break,
+            }
+        }
+        let prefs: &[u32] = if ten_bit {
+            &[fmt::PIX_FMT_P010]
+        } else {
+            &[fmt::PIX_FMT_NV12, fmt::PIX_FMT_NV12M]
+        };
+        let Some(&want) = prefs.iter().find(|p| offered.contains(p)) else {
+            bail!(
+                "{}: CAPTURE offers {:?}, none of {:?}",
+                path.display(),
+                offered.iter().map(|&f| fourcc_str(f)).collect::<Vec<_>>(),
+                prefs.iter().map(|&f| fourcc_str(f)).collect::<Vec<_>>()
+            );
+        };
+        let mut cf: v4l2_format =
+            vio::g_fmt(&video, CAP_Q).map_err(|e| errno_of("VIDIOC_G_FMT(CAPTURE)", e))?;
+        {
+            // SAFETY: as above, the `pix_mp` member of an _MPLANE format.
+            let mp = unsafe { &mut cf.fmt.pix_mp };
+            mp.pixelformat = want;
+        }
+        let cf: v4l2_format =
+            vio::s_fmt(&mut video, cf).map_err(|e| errno_of("VIDIOC_S_FMT(CAPTURE)", e))?;
+        let cap_fmt = to_pix_format(&cf);
+        if cap_fmt.fourcc != want {
+            bail!(
+                "{}: asked CAPTURE {}, the device chose {}",
+                path.display(),
+                fourcc_str(want),
+                fourcc_str(cap_fmt.fourcc)
+            );
+        }
+        if cap_fmt.width < width || cap_fmt.height < height {
+            bail!(
+                "{}: CAPTURE {}x{} is smaller than the coded {width}x{height}",
+                path.display(),
+                cap_fmt.width,
+                cap_fmt.height
+            );
+        }
+
+        let rb: v4l2_requestbuffers = vio::reqbufs(
+            &video,
+            OUT_Q,
+            v4l2r::memory::MemoryType::Mmap,
+            OUTPUT_BUFFERS,
+            vio::MemoryConsistency::empty(),
+        )
+        .map_err(|e| errno_of("VIDIOC_REQBUFS(OUTPUT)", e))?;
+        if rb.capabilities & bindings::V4L2_BUF_CAP_SUPPORTS_REQUESTS == 0 {
+            bail!(
+                "{}: the OUTPUT queue does not support requests",
+                path.display()
+            );
+        }
+        let hold_supported =
+            rb.capabilities & bindings::V4L2_BUF_CAP_SUPPORTS_M2M_HOLD_CAPTURE_BUF != 0;
+        let n_out = rb.count;
+        let rb: v4l2_requestbuffers = vio::reqbufs(
+            &video,
+            CAP_Q,
+            v4l2r::memory::MemoryType::Mmap,
+            CAPTURE_BUFFERS,
+            vio::MemoryConsistency::empty(),
+        )
+        .map_err(|e| errno_of("VIDIOC_REQBUFS(CAPTURE)", e))?;
+        let n_cap = rb.count;
+        if n_out == 0 || n_cap == 0 {
+            bail!("{}: REQBUFS gave no buffers", path.display());
+        }
+
+        let map_all = |q: QueueType, n: u32| -> Result<Vec<Vec<PlaneMapping>>> {
+            (0..n)
+                .map(|i| {
+                    let qb: QueryBuffer = vio::querybuf(&video, q, i as usize)
+                        .map_err(|e| errno_of("VIDIOC_QUERYBUF", e))?;
+                    qb.planes
+                        .iter()
+                        .map(|p| {
+                            vio::mmap(&video, p.mem_offset, p.length)
+                                .map_err(|e| errno_of("mmap", e))
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let out_maps = map_all(OUT_Q, n_out)?
+            .into_iter()
+            .map(|mut v| v.swap_remove(0))
+            .collect();
+        let cap_maps = map_all(CAP_Q, n_cap)?;
+
+        for q in [OUT_Q, CAP_Q] {
+            vio::streamon(&video, q).map_err(|e| errno_of("VIDIOC_STREAMON", e))?;
+        }
+        Ok(V4l2Device {
+            out_maps,
+            cap_maps,
+            in_flight: HashMap::new(),
+            completing: Vec::new(),
+            pool: Vec::new(),
+            free_out: (0..n_out).rev().collect(),
+            cap_fmt,
+            codec,
+            hold_supported,
+            video_path: path.to_owned(),
+            media,
+            video,
+        })
+    }
+
+    /// Builds the `v4l2_ext_control` array of a job. `storage` keeps the
+    /// payload copies the pointers point into alive.
+    fn ext_controls(
+        &self,
+        controls: &ControlValues,
+        storage: &mut Vec<Vec<u8>>,
+    ) -> Result<Vec<v4l2_ext_control>> {
+        let desc = self.codec.desc();
+        let mut out = Vec::with_capacity(controls.len());
+        for (id, bytes) in controls.iter() {
+            let d = desc
+                .find(id)
+                .ok_or_else(|| anyhow!("control {id:#x} is not a {:?} control", self.codec))?;
+            let mut c = v4l2_ext_control {
+                id,
+                ..Default::default()
+            };
+            if d.is_compound() {
+                // Payloads are already in the kernel's layout; a dynamic
+                // array passes as many elements as the bytes hold.
+                storage.push(bytes.to_vec());
+                let buf = storage.last_mut().expect("just pushed");
+                c.size = buf.len() as u32;
+                c.__bindgen_anon_1.p_u8 = buf.as_mut_ptr();
+            } else {
+                let mut v = [0u8; 4];
+                let n = bytes.len().min(4);
+                v[..n].copy_from_slice(&bytes[..n]);
+                c.__bindgen_anon_1.value = i32::from_le_bytes(v);
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    fn take_request(&mut self) -> Result<Request> {
+        if let Some(r) = self.pool.pop() {
+            return Ok(r);
+        }
+        Request::alloc(&self.media).map_err(|e| errno_of("MEDIA_IOC_REQUEST_ALLOC", e))
+    }
+
+    /// Returns a request to the pool once the kernel has completed it.
+    fn recycle(&mut self, r: Request) -> Result<()> {
+        match r.reinit() {
+            Ok(()) => self.pool.push(r),
+            Err(vio::RequestError::IoctlError(Errno::EBUSY)) => self.completing.push(r),
+            Err(e) => return Err(errno_of("MEDIA_REQUEST_IOC_REINIT", e)),
+        }
+        Ok(())
+    }
+
+    fn dqbuf(&self, q: QueueType) -> Result<Option<UncheckedV4l2Buffer>> {
+        match vio::dqbuf::<UncheckedV4l2Buffer>(&self.video, q) {
+            Ok(b) => Ok(Some(b)),
+            Err(IoctlConvertError::IoctlError(DqBufIoctlError::NotReady))
+            | Err(IoctlConvertError::IoctlError(DqBufIoctlError::Eos)) => Ok(None),
+            Err(e) => Err(errno_of(
+                if q == OUT_Q {
+                    "VIDIOC_DQBUF(OUTPUT)"
+                } else {
+                    "VIDIOC_DQBUF(CAPTURE)"
+                },
+                e,
+            )),
+        }
+    }
+}
+
+impl Frontend for V4l2Device {
+    fn capture_format(&self) -> PixFormat {
+        self.cap_fmt
+    }
+
+    fn capture_count(&self) -> u32 {
+        self.cap_maps.len() as u32
+    }
+
+    fn capture_planes(&self, index: u32) -> Vec<&[u8]> {
+        self.cap_maps[index as usize]
+            .iter()
+            .map(|m| &m[..])
+            .collect()
+    }
+
+    fn queue_capture(&mut self, index: u32) -> Result<()> {
+        let n = self.cap_maps[index as usize].len();
+        let mut b = UncheckedV4l2Buffer::new_for_querybuf(CAP_Q, Some(index));
+        b.0.memory = bindings::v4l2_memory_V4L2_MEMORY_MMAP;
+        b.0.length = n as u32;
+        vio::qbuf::<_, ()>(&self.video, b)
+            .map_err(|e| errno_of(&format!("VIDIOC_QBUF(CAPTURE {index})"), e))
+    }
+
+    fn can_submit(&self) -> bool {
+        !self.free_out.is_empty()
+    }
+
+    fn submit(
+        &mut self,
+        controls: &ControlValues,
+        bitstream: &[u8],
+        timestamp: u64,
+        hold: bool,
+    ) -> Result<()> {
+        if hold && !self.hold_supported {
+            bail!(
+                "{}: multi-slice pictures need V4L2_BUF_FLAG_M2M_HOLD_CAPTURE_BUF, which the device lacks",
+                self.video_path.display()
+            );
+        }
+        let index = *self
+            .free_out
+            .last()
+            .ok_or_else(|| anyhow!("no free OUTPUT buffer"))?;
+        let plane = &mut self.out_maps[index as usize];
+        if bitstream.len() > plane.len() {
+            bail!(
+                "a {}-byte frame does not fit the {}-byte OUTPUT buffer",
+                bitstream.len(),
+                plane.len()
+            );
+        }
+        plane[..bitstream.len()].copy_from_slice(bitstream);
+        let mut storage = Vec::new();
+        let mut ctrls = self.ext_controls(controls, &mut storage)?;
+        let req = self.take_request()?;
+        let r = (|| -> Result<()> {
+            if let Err(e) = vio::s_ext_ctrls(
+                &self.video,
+                CtrlWhich::Request(req.as_raw_fd()),
+                &mut ctrls[..],
+            ) {
+                let which = ctrls
+                    .get(e.error_idx as usize)
+                    .map_or(String::from("?"), |c| {
+                        let id = c.id;
+                        format!("{id:#x}")
+                    });
+                bail!("VIDIOC_S_EXT_CTRLS (request; control {which}): {e}");
+            }
+            let mut b = UncheckedV4l2Buffer::new_for_querybuf(OUT_Q, Some(index));
+            b.0.memory = bindings::v4l2_memory_V4L2_MEMORY_MMAP;
+            b.0.length = 1;
+            b.0.flags = bindings::V4L2_BUF_FLAG_REQUEST_FD
+                | if hold {
+                    bindings::V4L2_BUF_FLAG_M2M_HOLD_CAPTURE_BUF
+                } else {
+                    0
+                };
+            b.0.__bindgen_anon_1.request_fd = req.as_raw_fd();
+            b.0.timestamp = ns_to_timeval(timestamp);
+            if let Some(planes) = b.1.as_mut() {
+                planes[0].bytesused = bitstream.len().max(1) as u32;
+            }
+            vio::qbuf::<_, ()>(&self.video, b)
+                .map_err(|e| errno_of(&format!("VIDIOC_QBUF(OUTPUT {index})"), e))?;
+            req.queue()
+                .map_err(|e| errno_of("MEDIA_REQUEST_IOC_QUEUE", e))
+        })();
+        match r {
+            Ok(()) => {
+                self.free_out.pop();
+                self.in_flight.insert(index, req);
+                Ok(())
+            }
+            Err(e) => {
+                // The request was never queued (or refused): make it
+                // reusable; the OUTPUT buffer was not taken.
+                let _ = req.reinit().map(|_| self.pool.push(req));
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let cmd = v4l2_decoder_cmd {
+            cmd: bindings::V4L2_DEC_CMD_FLUSH,
+            ..Default::default()
+        };
+        vio::decoder_cmd::<_, ()>(&self.video, cmd)
+            .map_err(|e| errno_of("VIDIOC_DECODER_CMD(FLUSH)", e))
+    }
+
+    fn outputs_in_flight(&self) -> usize {
+        self.out_maps.len() - self.free_out.len()
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Picture>> {
+        use rustix::event::{PollFd, PollFlags};
+        let got_err;
+        {
+            let mut fds = vec![PollFd::new(
+                &self.video,
+                PollFlags::IN | PollFlags::OUT | PollFlags::RDNORM | PollFlags::WRNORM,
+            )];
+            for r in self.in_flight.values().chain(self.completing.iter()) {
+                fds.push(PollFd::from_borrowed_fd(
+                    // SAFETY: the request fd stays open while `self` is
+                    // borrowed, that is for this whole block.
+                    unsafe { std::os::fd::BorrowedFd::borrow_raw(r.as_raw_fd()) },
+                    PollFlags::PRI,
+                ));
+            }
+            let ts = rustix::event::Timespec {
+                tv_sec: timeout.as_secs() as i64,
+                tv_nsec: timeout.subsec_nanos() as i64,
+            };
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(errno_of("poll", e)),
+            }
+            got_err = fds[0].revents().contains(PollFlags::ERR);
+        }
+        while let Some(b) = self.dqbuf(OUT_Q)? {
+            let index = b.0.index;
+            if b.0.flags & bindings::V4L2_BUF_FLAG_ERROR != 0 {
+                tracing::debug!("OUTPUT buffer {index} came back with ERROR");
+            }
+            if let Some(r) = self.in_flight.remove(&index) {
+                self.recycle(r)?;
+            }
+            self.free_out.push(index);
+        }
+        for r in std::mem::take(&mut self.completing) {
+            self.recycle(r)?;
+        }
+        let mut pics = Vec::new();
+        while let Some(b) = self.dqbuf(CAP_Q)? {
+            pics.push(Picture {
+                index: b.0.index,
+                timestamp: timeval_to_ns(&b.0.timestamp),
+                error: b.0.flags & bindings::V4L2_BUF_FLAG_ERROR != 0,
+            });
+        }
+        if got_err && pics.is_empty() && self.in_flight.is_empty() {
+            // Nothing queued on either side: the driver answers POLLERR at
+            // once; wait like a poll with nothing to report would.
+            std::thread::sleep(timeout.min(Duration::from_millis(50)));
+        }
+        Ok(pics)
+    }
+}
+
+impl Drop for V4l2Device {
+    fn drop(&mut self) {
+        for q in [CAP_Q, OUT_Q] {
+            let _ = vio::streamoff(&self.video, q);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_like_the_kernel() {
+        for ns in [0u64, 1000, 999_999_000, 1_000_000_000, 1_234_567_891_000] {
+            assert_eq!(timeval_to_ns(&ns_to_timeval(ns)), ns);
+        }
+        let tv = ns_to_timeval(3_000_002_000);
+        assert_eq!((tv.tv_sec, tv.tv_usec), (3, 2));
+    }
+
+    #[test]
+    fn media_device_info_has_the_kernel_size() {
+        assert_eq!(std::mem::size_of::<MediaDeviceInfo>(), 256);
+    }
+
+    #[test]
+    fn opening_a_non_device_fails_with_the_ioctl_name() {
+        let e = V4l2Device::open(
+            Path::new("/dev/null"),
+            fmt::PIX_FMT_H264_SLICE,
+            64,
+            64,
+            false,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("VIDIOC_QUERYCAP"), "{e:#}");
+    }
+}
