@@ -43,6 +43,9 @@ fn visible(buf: &[u8], info: &PictureInfo, sample: usize) -> Vec<u8> {
     out
 }
 
+/// A displayed picture: its info, its NV12/P010 bytes, its sample size.
+type Shown = (PictureInfo, Vec<u8>, usize);
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(input) = args.iter().find(|a| !a.starts_with('-')).cloned() else {
@@ -71,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut display = DisplayQueue::new();
     let (mut jobs, mut frames, mut errors) = (0usize, 0usize, 0usize);
     let start = Instant::now();
-    let mut emit = |shown: Vec<(u64, (PictureInfo, Vec<u8>, usize))>| -> std::io::Result<()> {
+    let mut emit = |shown: Vec<(u64, Shown)>| -> std::io::Result<()> {
         for (_, (info, data, sample)) in shown {
             frames += 1;
             if print_md5 || out.is_some() {
