@@ -17,6 +17,7 @@ use decoder_core::ctrl::{Codec, ControlValues};
 
 pub mod av1;
 pub mod h264;
+pub mod hevc;
 pub mod ivf;
 pub mod vp8;
 pub mod vp9;

@@ -41,6 +41,13 @@ use decoder_core::ctrl::h264::{
     V4l2StatelessH264StartCode, V4L2_CID_STATELESS_H264_START_CODE,
     V4L2_H264_DECODE_PARAM_FLAG_FIELD_PIC,
 };
+use decoder_core::ctrl::hevc::{
+    V4l2CtrlHevcDecodeParams, V4l2CtrlHevcPps, V4l2CtrlHevcScalingMatrix, V4l2CtrlHevcSliceParams,
+    V4l2CtrlHevcSps, V4L2_CID_STATELESS_HEVC_ENTRY_POINT_OFFSETS, V4L2_CID_STATELESS_HEVC_PPS,
+    V4L2_CID_STATELESS_HEVC_SCALING_MATRIX, V4L2_CID_STATELESS_HEVC_SPS,
+    V4L2_CID_STATELESS_HEVC_START_CODE, V4L2_HEVC_DECODE_PARAM_FLAG_IRAP_PIC,
+    V4L2_STATELESS_HEVC_START_CODE_ANNEX_B,
+};
 use decoder_core::ctrl::vp8::{V4l2CtrlVp8Frame, V4L2_VP8_FRAME_FLAG_SHOW_FRAME};
 use decoder_core::ctrl::vp9::{
     V4l2CtrlVp9Frame, V4L2_VP9_FRAME_FLAG_INTRA_ONLY, V4L2_VP9_FRAME_FLAG_KEY_FRAME,
@@ -63,10 +70,17 @@ const START_CODE: [u8; 4] = [0, 0, 0, 1];
 
 /// State the `get_buffer2` callback reaches through `AVCodecContext.opaque`.
 struct CaptureSlot {
-    /// Reference to the last picture buffer libavcodec allocated.
+    /// Reference to the picture buffer libavcodec allocated (the last one,
+    /// or with `first_only` the first one of the current send).
     last: *mut ff::AVFrame,
     /// Incremented on every allocation.
     allocations: u64,
+    /// Keep the first picture allocated during a send rather than the last
+    /// (HEVC allocates stand-ins for missing references after the
+    /// current picture).
+    first_only: bool,
+    /// `allocations` when the current send started.
+    send_start: u64,
 }
 
 /// `get_buffer2` of the session: libavcodec's default allocator, plus a
@@ -82,11 +96,15 @@ unsafe extern "C" fn capture_get_buffer2(
     if ret < 0 {
         return ret;
     }
-    // SAFETY: `opaque` is set by `FfmpegH264::new` to a `CaptureSlot` boxed
+    // SAFETY: `opaque` is set by `Session::new` to a `CaptureSlot` boxed
     // in the session, which outlives the codec context (it is freed after
     // `avcodec_free_context` in `Drop`), and no other reference to it is live
     // while libavcodec runs inside send_packet.
     let slot = unsafe { &mut *((*avctx).opaque as *mut CaptureSlot) };
+    if slot.first_only && slot.allocations > slot.send_start {
+        slot.allocations += 1;
+        return 0;
+    }
     // SAFETY: `slot.last` is a valid AVFrame owned by the session; `frame`
     // now has reference-counted buffers, which av_frame_ref shares.
     let r = unsafe {
@@ -163,6 +181,8 @@ impl Session {
             // SAFETY: allocation of an empty frame; null checked below.
             last: unsafe { ff::av_frame_alloc() },
             allocations: 0,
+            first_only: false,
+            send_start: 0,
         }));
         let s = Self {
             // SAFETY: `codec` is a valid decoder; null checked below.
@@ -225,6 +245,9 @@ impl Session {
         let Ok(size) = c_int::try_from(len) else {
             return -(ff::EINVAL);
         };
+        // SAFETY: the slot is only written by the callback, inside
+        // avcodec_send_packet below.
+        unsafe { (*self.slot).send_start = (*self.slot).allocations };
         // SAFETY: `pkt` is a valid packet without buffer; it points at
         // `self.packet` (len bytes plus the zeroed padding libavcodec may
         // over-read) only during avcodec_send_packet, which copies
@@ -1098,6 +1121,250 @@ impl Backend for FfmpegVpx {
     }
 }
 
+/// An HEVC decoding session on libavcodec.
+///
+/// Parameter sets are rebuilt from the controls (see [`hevc_nal`]) and sent
+/// when they change; each slice NAL unit is rebuilt with a slice header
+/// coded from the slice and decode parameters and the client's slice data.
+/// All slices of a picture (one frame-based job, or the slice-based jobs up
+/// to the one without `more_slices`) go to libavcodec as one packet; the
+/// picture is captured from `get_buffer2` during that packet.
+#[derive(Debug)]
+pub struct FfmpegHevc {
+    s: Session,
+    /// SPS, PPS and scaling matrix control bytes of the parameter sets last
+    /// sent (compared, not rebuilt, on every picture).
+    sent: Vec<u8>,
+    scratch: Vec<u8>,
+    /// Rebuilt slices of the picture being assembled.
+    pending: Vec<u8>,
+    /// Timestamp of the picture being assembled.
+    pending_ts: Option<u64>,
+    rps: hevc_nal::Rps,
+    writer: nal::BitWriter,
+    /// Pictures decoded since the last reset that are still in the DPB.
+    decoded: HashSet<u64>,
+    /// After a reset or an error: skip pictures until an IRAP picture.
+    need_irap: bool,
+}
+
+impl FfmpegHevc {
+    /// Opens libavcodec's HEVC decoder for one session.
+    pub fn new() -> Result<Self, DecodeError> {
+        let s = Session::new(ff::AVCodecID::AV_CODEC_ID_HEVC)?;
+        // SAFETY: the slot is owned by the session; libavcodec is not
+        // running.
+        unsafe { (*s.slot).first_only = true };
+        Ok(Self {
+            s,
+            sent: Vec::new(),
+            scratch: Vec::new(),
+            pending: Vec::new(),
+            pending_ts: None,
+            rps: hevc_nal::Rps::default(),
+            writer: nal::BitWriter::new(),
+            decoded: HashSet::new(),
+            need_irap: true,
+        })
+    }
+
+    fn fail(&mut self, e: DecodeError) -> Result<DecodeOutcome, DecodeError> {
+        self.reset();
+        Err(e)
+    }
+
+    /// Rebuilds the job's slices into `pending`; checks the picture's
+    /// references on its first job.
+    fn add_slices(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &CaptureTarget<'_>,
+    ) -> Result<(), DecodeError> {
+        let c = job.controls;
+        let missing = |n: &str| DecodeError::InvalidControls(format!("no {n}"));
+        let sps: V4l2CtrlHevcSps = c.get().ok_or_else(|| missing("SPS"))?;
+        let pps: V4l2CtrlHevcPps = c.get().ok_or_else(|| missing("PPS"))?;
+        let dp: V4l2CtrlHevcDecodeParams = c.get().ok_or_else(|| missing("DECODE_PARAMS"))?;
+        let slices = c.get_array::<V4l2CtrlHevcSliceParams>();
+        if slices.is_empty() {
+            return Err(missing("SLICE_PARAMS"));
+        }
+        let matrix: Option<V4l2CtrlHevcScalingMatrix> = c.get();
+        if u32::from(sps.pic_width_in_luma_samples) > out.width
+            || u32::from(sps.pic_height_in_luma_samples) > out.height
+        {
+            return Err(DecodeError::FormatMismatch(format!(
+                "{}x{} picture into {}x{}",
+                sps.pic_width_in_luma_samples,
+                sps.pic_height_in_luma_samples,
+                out.width,
+                out.height
+            )));
+        }
+        if sps.bit_depth_luma_minus8 > 0 && out.format == CaptureFormat::Nv12 {
+            return Err(DecodeError::FormatMismatch(
+                "10-bit picture into NV12".into(),
+            ));
+        }
+        let annex_b = c.get_int(V4L2_CID_STATELESS_HEVC_START_CODE)
+            == Some(V4L2_STATELESS_HEVC_START_CODE_ANNEX_B);
+        let nal_type = |u: &[u8]| u.first().map_or(63, |h| (h >> 1) & 0x3f);
+        let is_slice = |t: u8| t <= 21 && !(10..16).contains(&t);
+
+        if !job.flags.continues_picture {
+            let first_type = slices[0].nal_unit_type;
+            let irap = dp.flags & V4L2_HEVC_DECODE_PARAM_FLAG_IRAP_PIC != 0
+                || (16..=23).contains(&first_type);
+            if irap {
+                if self.need_irap {
+                    self.s.flush();
+                    self.sent.clear();
+                    self.decoded.clear();
+                    self.need_irap = false;
+                }
+            } else if self.need_irap {
+                return Err(DecodeError::WaitingForKeyframe);
+            }
+            if let Some(&t) = job.references.iter().find(|t| !self.decoded.contains(t)) {
+                // A RASL picture of the CRA decoding restarted at cannot be
+                // decoded; the pictures after it can.
+                if matches!(first_type, 8 | 9) {
+                    return Err(DecodeError::MissingReference(t));
+                }
+                self.reset();
+                return Err(DecodeError::MissingReference(t));
+            }
+            self.rps.from_decode_params(&dp)?;
+            // Parameter sets: resend when any of their controls changed.
+            self.scratch.clear();
+            for id in [
+                V4L2_CID_STATELESS_HEVC_SPS,
+                V4L2_CID_STATELESS_HEVC_PPS,
+                V4L2_CID_STATELESS_HEVC_SCALING_MATRIX,
+            ] {
+                self.scratch.extend_from_slice(c.get_raw(id).unwrap_or(&[]));
+            }
+            if self.scratch != self.sent {
+                let mut ps = Vec::new();
+                hevc_nal::build_vps(&mut ps, &sps);
+                hevc_nal::build_sps(&mut ps, &sps)?;
+                hevc_nal::build_pps(&mut ps, &pps, &sps, matrix.as_ref())?;
+                self.pending.clear();
+                self.pending.extend_from_slice(&ps);
+                std::mem::swap(&mut self.sent, &mut self.scratch);
+            }
+        }
+        let cx = hevc_nal::PicContext {
+            sps: &sps,
+            pps: &pps,
+            dp: &dp,
+            rps: &self.rps,
+        };
+        let epo = c
+            .get_raw(V4L2_CID_STATELESS_HEVC_ENTRY_POINT_OFFSETS)
+            .unwrap_or(&[]);
+        let mut ep_at = 0usize;
+        let mut n = 0usize;
+        let mut add = |unit: &[u8], pending: &mut Vec<u8>, w: &mut nal::BitWriter| {
+            let sl = slices.get(n).ok_or_else(|| {
+                DecodeError::InvalidControls("more slices than SLICE_PARAMS entries".into())
+            })?;
+            n += 1;
+            let k = sl.num_entry_point_offsets as usize;
+            let eps = epo.get(ep_at * 4..(ep_at + k) * 4).ok_or_else(|| {
+                DecodeError::InvalidControls("ENTRY_POINT_OFFSETS too short".into())
+            })?;
+            ep_at += k;
+            let mut vals = [0u32; 256];
+            let k = k.min(256);
+            for (v, b) in vals.iter_mut().zip(eps.chunks_exact(4)) {
+                *v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            hevc_nal::rewrite_slice(pending, w, &cx, sl, unit, &vals[..k])
+        };
+        if annex_b {
+            for unit in nal::annexb_units(job.bitstream) {
+                if is_slice(nal_type(unit)) {
+                    add(unit, &mut self.pending, &mut self.writer)?;
+                }
+            }
+        } else {
+            add(job.bitstream, &mut self.pending, &mut self.writer)?;
+        }
+        if n != slices.len() {
+            return Err(DecodeError::InvalidControls(format!(
+                "{n} slice NAL units for {} SLICE_PARAMS entries",
+                slices.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for FfmpegHevc {
+    fn name(&self) -> &'static str {
+        "ffmpeg"
+    }
+
+    fn codec(&self) -> Codec {
+        Codec::Hevc
+    }
+
+    fn decode(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+    ) -> Result<DecodeOutcome, DecodeError> {
+        if job.codec != Codec::Hevc {
+            return Err(DecodeError::InvalidControls(format!(
+                "{:?} job on an HEVC session",
+                job.codec
+            )));
+        }
+        out.check()?;
+        if !job.flags.continues_picture || self.pending_ts != Some(job.timestamp) {
+            if job.flags.continues_picture {
+                return Err(DecodeError::InvalidControls(
+                    "slice continues a picture that was not started".into(),
+                ));
+            }
+            self.pending.clear();
+            self.pending_ts = None;
+        }
+        if let Err(e) = self.add_slices(job, out) {
+            self.pending.clear();
+            self.pending_ts = None;
+            return Err(e);
+        }
+        if job.flags.more_slices {
+            self.pending_ts = Some(job.timestamp);
+            return Ok(DecodeOutcome::Held);
+        }
+        self.pending_ts = None;
+        std::mem::swap(&mut self.s.packet, &mut self.pending);
+        self.pending.clear();
+        if let Err(e) = self.s.decode_packet() {
+            return self.fail(e);
+        }
+        if let Err(e) = self.s.copy_out(out) {
+            return self.fail(e);
+        }
+        self.decoded.retain(|t| job.references.contains(t));
+        self.decoded.extend(job.references.iter().copied());
+        self.decoded.insert(job.timestamp);
+        Ok(DecodeOutcome::Decoded)
+    }
+
+    fn reset(&mut self) {
+        self.s.flush();
+        self.sent.clear();
+        self.pending.clear();
+        self.pending_ts = None;
+        self.decoded.clear();
+        self.need_irap = true;
+    }
+}
+
 /// H.264 NAL unit writing: SPS and PPS from the V4L2 controls.
 pub mod nal {
     use decoder_core::ctrl::h264::*;
@@ -1443,6 +1710,711 @@ pub mod nal {
             assert!(build_pps(&p, &s, Some(&m)).is_err());
             m.scaling_list_4x4 = [[16; 16]; 6];
             assert!(build_pps(&p, &s, Some(&m)).is_ok());
+        }
+    }
+}
+
+/// HEVC NAL unit writing: VPS, SPS and PPS from the V4L2 controls, and
+/// slice segment headers rewritten from the slice and decode parameters.
+///
+/// The V4L2 HEVC controls do not carry everything a slice-header parser
+/// needs (the SPS short-term reference picture sets, the SPS long-term
+/// candidates, the PPS `pic_output_flag` presence, VUI, ...), so the client's
+/// slice headers cannot be fed to libavcodec as they are. Instead each
+/// slice NAL unit is rebuilt: a new header coded against the parameter sets
+/// built here (no SPS reference picture sets, explicit list modification),
+/// followed by the client's slice data from `data_byte_offset` on, which is
+/// byte aligned and copied as is (entry point offsets count its bytes,
+/// emulation prevention included, so they stay valid).
+pub mod hevc_nal {
+    use decoder_core::ctrl::hevc::*;
+
+    use super::nal::BitWriter;
+    use crate::backend::DecodeError;
+
+    fn bad(m: impl Into<String>) -> DecodeError {
+        DecodeError::InvalidControls(m.into())
+    }
+
+    /// Appends an HEVC NAL unit (start code, 2-byte header, escaped RBSP).
+    pub fn push_nal(out: &mut Vec<u8>, nal_type: u8, temporal_id_plus1: u8, rbsp: &[u8]) {
+        out.extend_from_slice(&[0, 0, 0, 1, nal_type << 1, temporal_id_plus1.max(1)]);
+        push_escaped(out, rbsp);
+    }
+
+    /// Appends `rbsp` with emulation prevention bytes.
+    pub fn push_escaped(out: &mut Vec<u8>, rbsp: &[u8]) {
+        let mut zeros = 0;
+        for &b in rbsp {
+            if zeros >= 2 && b <= 3 {
+                out.push(3);
+                zeros = 0;
+            }
+            out.push(b);
+            zeros = if b == 0 { zeros + 1 } else { 0 };
+        }
+    }
+
+    fn profile_tier_level(w: &mut BitWriter, s: &V4l2CtrlHevcSps) {
+        let depth = s.bit_depth_luma_minus8.max(s.bit_depth_chroma_minus8);
+        // Main, Main 10, or format range extensions.
+        let profile = if s.chroma_format_idc != 1 || depth > 2 {
+            4
+        } else if depth > 0 {
+            2
+        } else {
+            1
+        };
+        w.u(2, 0); // general_profile_space
+        w.u(1, 0); // general_tier_flag
+        w.u(5, profile);
+        w.u(32, 1 << (31 - profile)); // general_profile_compatibility_flag[profile]
+        w.u(4, 0b1001); // progressive, not interlaced, not non-packed, frame only
+        w.u(32, 0); // 43 reserved / constraint bits and general_inbld_flag
+        w.u(12, 0);
+        w.u(8, 186); // level 6.2: libavcodec does not enforce levels
+        let n = u32::from(s.sps_max_sub_layers_minus1);
+        for _ in 0..n {
+            w.u(2, 0); // sub_layer_profile_present_flag, sub_layer_level_present_flag
+        }
+        if n > 0 {
+            for _ in n..8 {
+                w.u(2, 0);
+            }
+        }
+    }
+
+    /// VPS NAL unit (type 32) for the SPS control.
+    pub fn build_vps(out: &mut Vec<u8>, s: &V4l2CtrlHevcSps) {
+        let mut w = BitWriter::new();
+        w.u(4, s.video_parameter_set_id.into());
+        w.u(2, 3); // vps_base_layer_internal_flag, vps_base_layer_available_flag
+        w.u(6, 0); // vps_max_layers_minus1
+        w.u(3, s.sps_max_sub_layers_minus1.into());
+        w.flag(s.sps_max_sub_layers_minus1 == 0); // vps_temporal_id_nesting_flag
+        w.u(16, 0xffff);
+        profile_tier_level(&mut w, s);
+        w.flag(false); // vps_sub_layer_ordering_info_present_flag
+        w.ue(s.sps_max_dec_pic_buffering_minus1.into());
+        w.ue(s.sps_max_num_reorder_pics.into());
+        w.ue(s.sps_max_latency_increase_plus1.into());
+        w.u(6, 0); // vps_max_layer_id
+        w.ue(0); // vps_num_layer_sets_minus1
+        w.flag(false); // vps_timing_info_present_flag
+        w.flag(false); // vps_extension_flag
+        push_nal(out, 32, 1, &w.finish_rbsp());
+    }
+
+    /// SPS NAL unit (type 33): no conformance window (the CAPTURE buffer
+    /// holds the coded picture), no reference picture sets (slice headers
+    /// code theirs explicitly), no VUI. Scaling lists go to the PPS.
+    pub fn build_sps(out: &mut Vec<u8>, s: &V4l2CtrlHevcSps) -> Result<(), DecodeError> {
+        let f = |b: u64| s.flags & b != 0;
+        if s.pic_width_in_luma_samples == 0 || s.pic_height_in_luma_samples == 0 {
+            return Err(bad("SPS picture size 0"));
+        }
+        let mut w = BitWriter::new();
+        w.u(4, s.video_parameter_set_id.into());
+        w.u(3, s.sps_max_sub_layers_minus1.into());
+        w.flag(s.sps_max_sub_layers_minus1 == 0); // sps_temporal_id_nesting_flag
+        profile_tier_level(&mut w, s);
+        w.ue(s.seq_parameter_set_id.into());
+        w.ue(s.chroma_format_idc.into());
+        if s.chroma_format_idc == 3 {
+            w.flag(f(V4L2_HEVC_SPS_FLAG_SEPARATE_COLOUR_PLANE));
+        }
+        w.ue(s.pic_width_in_luma_samples.into());
+        w.ue(s.pic_height_in_luma_samples.into());
+        w.flag(false); // conformance_window_flag
+        w.ue(s.bit_depth_luma_minus8.into());
+        w.ue(s.bit_depth_chroma_minus8.into());
+        w.ue(s.log2_max_pic_order_cnt_lsb_minus4.into());
+        w.flag(false); // sps_sub_layer_ordering_info_present_flag
+        w.ue(s.sps_max_dec_pic_buffering_minus1.into());
+        w.ue(s.sps_max_num_reorder_pics.into());
+        w.ue(s.sps_max_latency_increase_plus1.into());
+        w.ue(s.log2_min_luma_coding_block_size_minus3.into());
+        w.ue(s.log2_diff_max_min_luma_coding_block_size.into());
+        w.ue(s.log2_min_luma_transform_block_size_minus2.into());
+        w.ue(s.log2_diff_max_min_luma_transform_block_size.into());
+        w.ue(s.max_transform_hierarchy_depth_inter.into());
+        w.ue(s.max_transform_hierarchy_depth_intra.into());
+        let scaling = f(V4L2_HEVC_SPS_FLAG_SCALING_LIST_ENABLED);
+        w.flag(scaling);
+        if scaling {
+            w.flag(false); // sps_scaling_list_data_present_flag: the PPS has them
+        }
+        w.flag(f(V4L2_HEVC_SPS_FLAG_AMP_ENABLED));
+        w.flag(f(V4L2_HEVC_SPS_FLAG_SAMPLE_ADAPTIVE_OFFSET));
+        let pcm = f(V4L2_HEVC_SPS_FLAG_PCM_ENABLED);
+        w.flag(pcm);
+        if pcm {
+            w.u(4, s.pcm_sample_bit_depth_luma_minus1.into());
+            w.u(4, s.pcm_sample_bit_depth_chroma_minus1.into());
+            w.ue(s.log2_min_pcm_luma_coding_block_size_minus3.into());
+            w.ue(s.log2_diff_max_min_pcm_luma_coding_block_size.into());
+            w.flag(f(V4L2_HEVC_SPS_FLAG_PCM_LOOP_FILTER_DISABLED));
+        }
+        w.ue(0); // num_short_term_ref_pic_sets
+        let lt = f(V4L2_HEVC_SPS_FLAG_LONG_TERM_REF_PICS_PRESENT);
+        w.flag(lt);
+        if lt {
+            w.ue(0); // num_long_term_ref_pics_sps
+        }
+        w.flag(f(V4L2_HEVC_SPS_FLAG_SPS_TEMPORAL_MVP_ENABLED));
+        w.flag(f(V4L2_HEVC_SPS_FLAG_STRONG_INTRA_SMOOTHING_ENABLED));
+        w.flag(false); // vui_parameters_present_flag
+        w.flag(false); // sps_extension_present_flag
+        push_nal(out, 33, 1, &w.finish_rbsp());
+        Ok(())
+    }
+
+    /// Raster position of each coefficient in up-right diagonal scan order
+    /// of an `n` x `n` block.
+    pub fn diagonal_scan(n: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(n * n);
+        for d in 0..2 * n - 1 {
+            // Up-right: from bottom-left to top-right of each anti-diagonal.
+            for y in (0..n).rev() {
+                if d >= y && d - y < n {
+                    out.push(y * n + (d - y));
+                }
+            }
+        }
+        out
+    }
+
+    /// `scaling_list_data()` with every list explicit (raster-order V4L2
+    /// matrix, coded in diagonal order as deltas).
+    fn scaling_list_data(w: &mut BitWriter, m: &V4l2CtrlHevcScalingMatrix) {
+        let (s4, s8) = (diagonal_scan(4), diagonal_scan(8));
+        let code = |w: &mut BitWriter, list: &[u8], scan: &[usize], start: i32| {
+            let mut next = start;
+            for &pos in scan {
+                let v = i32::from(list[pos]);
+                let delta = (v - next + 128).rem_euclid(256) - 128;
+                w.se(delta);
+                next = v;
+            }
+        };
+        for size_id in 0..4 {
+            let step = if size_id == 3 { 3 } else { 1 };
+            for matrix_id in (0..6).step_by(step) {
+                w.flag(true); // scaling_list_pred_mode_flag: explicit
+                match size_id {
+                    0 => code(w, &m.scaling_list_4x4[matrix_id], &s4, 8),
+                    1 => code(w, &m.scaling_list_8x8[matrix_id], &s8, 8),
+                    2 => {
+                        let dc = i32::from(m.scaling_list_dc_coef_16x16[matrix_id]);
+                        w.se(dc - 8);
+                        code(w, &m.scaling_list_16x16[matrix_id], &s8, dc);
+                    }
+                    _ => {
+                        let i = matrix_id / 3;
+                        let dc = i32::from(m.scaling_list_dc_coef_32x32[i]);
+                        w.se(dc - 8);
+                        code(w, &m.scaling_list_32x32[i], &s8, dc);
+                    }
+                }
+            }
+        }
+    }
+
+    /// PPS NAL unit (type 34): no `pic_output_flag`, no extra slice header
+    /// bits, list modification always present (slice headers give the
+    /// reference lists explicitly), no header extension.
+    pub fn build_pps(
+        out: &mut Vec<u8>,
+        p: &V4l2CtrlHevcPps,
+        s: &V4l2CtrlHevcSps,
+        matrix: Option<&V4l2CtrlHevcScalingMatrix>,
+    ) -> Result<(), DecodeError> {
+        let f = |b: u64| p.flags & b != 0;
+        let mut w = BitWriter::new();
+        w.ue(p.pic_parameter_set_id.into());
+        w.ue(s.seq_parameter_set_id.into());
+        w.flag(f(V4L2_HEVC_PPS_FLAG_DEPENDENT_SLICE_SEGMENT_ENABLED));
+        w.flag(false); // output_flag_present_flag
+        w.u(3, 0); // num_extra_slice_header_bits
+        w.flag(f(V4L2_HEVC_PPS_FLAG_SIGN_DATA_HIDING_ENABLED));
+        w.flag(f(V4L2_HEVC_PPS_FLAG_CABAC_INIT_PRESENT));
+        w.ue(p.num_ref_idx_l0_default_active_minus1.into());
+        w.ue(p.num_ref_idx_l1_default_active_minus1.into());
+        w.se(p.init_qp_minus26.into());
+        w.flag(f(V4L2_HEVC_PPS_FLAG_CONSTRAINED_INTRA_PRED));
+        w.flag(f(V4L2_HEVC_PPS_FLAG_TRANSFORM_SKIP_ENABLED));
+        let cu_qp = f(V4L2_HEVC_PPS_FLAG_CU_QP_DELTA_ENABLED);
+        w.flag(cu_qp);
+        if cu_qp {
+            w.ue(p.diff_cu_qp_delta_depth.into());
+        }
+        w.se(p.pps_cb_qp_offset.into());
+        w.se(p.pps_cr_qp_offset.into());
+        w.flag(f(V4L2_HEVC_PPS_FLAG_PPS_SLICE_CHROMA_QP_OFFSETS_PRESENT));
+        w.flag(f(V4L2_HEVC_PPS_FLAG_WEIGHTED_PRED));
+        w.flag(f(V4L2_HEVC_PPS_FLAG_WEIGHTED_BIPRED));
+        w.flag(f(V4L2_HEVC_PPS_FLAG_TRANSQUANT_BYPASS_ENABLED));
+        let tiles = f(V4L2_HEVC_PPS_FLAG_TILES_ENABLED);
+        w.flag(tiles);
+        w.flag(f(V4L2_HEVC_PPS_FLAG_ENTROPY_CODING_SYNC_ENABLED));
+        if tiles {
+            w.ue(p.num_tile_columns_minus1.into());
+            w.ue(p.num_tile_rows_minus1.into());
+            let uniform = f(V4L2_HEVC_PPS_FLAG_UNIFORM_SPACING);
+            w.flag(uniform);
+            if !uniform {
+                let cols = usize::from(p.num_tile_columns_minus1).min(19);
+                let rows = usize::from(p.num_tile_rows_minus1).min(21);
+                for &c in &p.column_width_minus1[..cols] {
+                    w.ue(c.into());
+                }
+                for &r in &p.row_height_minus1[..rows] {
+                    w.ue(r.into());
+                }
+            }
+            w.flag(f(V4L2_HEVC_PPS_FLAG_LOOP_FILTER_ACROSS_TILES_ENABLED));
+        }
+        w.flag(f(V4L2_HEVC_PPS_FLAG_PPS_LOOP_FILTER_ACROSS_SLICES_ENABLED));
+        let dbk = f(V4L2_HEVC_PPS_FLAG_DEBLOCKING_FILTER_CONTROL_PRESENT);
+        w.flag(dbk);
+        if dbk {
+            w.flag(f(V4L2_HEVC_PPS_FLAG_DEBLOCKING_FILTER_OVERRIDE_ENABLED));
+            let disabled = f(V4L2_HEVC_PPS_FLAG_PPS_DISABLE_DEBLOCKING_FILTER);
+            w.flag(disabled);
+            if !disabled {
+                w.se(p.pps_beta_offset_div2.into());
+                w.se(p.pps_tc_offset_div2.into());
+            }
+        }
+        let scaling = s.flags & V4L2_HEVC_SPS_FLAG_SCALING_LIST_ENABLED != 0;
+        w.flag(scaling); // pps_scaling_list_data_present_flag
+        if scaling {
+            let m = matrix.ok_or_else(|| bad("scaling lists enabled without a matrix"))?;
+            scaling_list_data(&mut w, m);
+        }
+        w.flag(true); // lists_modification_present_flag
+        w.ue(p.log2_parallel_merge_level_minus2.into());
+        w.flag(false); // slice_segment_header_extension_present_flag
+        w.flag(false); // pps_extension_present_flag
+        push_nal(out, 34, 1, &w.finish_rbsp());
+        Ok(())
+    }
+
+    fn ceil_log2(v: u32) -> u32 {
+        if v <= 1 {
+            0
+        } else {
+            32 - (v - 1).leading_zeros()
+        }
+    }
+
+    /// The reference picture set as the rebuilt slice headers code it:
+    /// DPB indexes of the negative (closest first) and positive short-term
+    /// pictures and of the long-term pictures, each with its "used by the
+    /// current picture" flag.
+    #[derive(Debug, Default, Clone)]
+    pub struct Rps {
+        neg: Vec<(u8, bool)>,
+        pos: Vec<(u8, bool)>,
+        lt: Vec<(u8, bool)>,
+        /// RefPicListTemp0 / 1 heads (DPB indexes in list-construction
+        /// order), `NumPicTotalCurr` entries each.
+        temp0: Vec<u8>,
+        temp1: Vec<u8>,
+    }
+
+    impl Rps {
+        /// Derives the set from the decode parameters.
+        pub fn from_decode_params(
+            &mut self,
+            d: &V4l2CtrlHevcDecodeParams,
+        ) -> Result<(), DecodeError> {
+            self.neg.clear();
+            self.pos.clear();
+            self.lt.clear();
+            let dpb = d.active_dpb();
+            let n = dpb.len();
+            fn set(list: &[u8], count: u8, n: usize) -> Result<&[u8], DecodeError> {
+                let l = &list[..usize::from(count).min(list.len())];
+                if l.iter().any(|&i| usize::from(i) >= n) {
+                    return Err(bad("RPS entry outside the active DPB"));
+                }
+                Ok(l)
+            }
+            let before = set(&d.poc_st_curr_before, d.num_poc_st_curr_before, n)?;
+            let after = set(&d.poc_st_curr_after, d.num_poc_st_curr_after, n)?;
+            let ltc = set(&d.poc_lt_curr, d.num_poc_lt_curr, n)?;
+            let cur = d.pic_order_cnt_val;
+            for (i, e) in dpb.iter().enumerate() {
+                let i = i as u8;
+                if e.flags & V4L2_HEVC_DPB_ENTRY_LONG_TERM_REFERENCE != 0 {
+                    self.lt.push((i, ltc.contains(&i)));
+                } else if e.pic_order_cnt_val < cur {
+                    self.neg.push((i, before.contains(&i)));
+                } else if e.pic_order_cnt_val > cur {
+                    self.pos.push((i, after.contains(&i)));
+                } else {
+                    return Err(bad("DPB entry with the current picture's POC"));
+                }
+            }
+            if before
+                .iter()
+                .any(|i| !self.neg.iter().any(|e| e == &(*i, true)))
+                || after
+                    .iter()
+                    .any(|i| !self.pos.iter().any(|e| e == &(*i, true)))
+                || ltc
+                    .iter()
+                    .any(|i| !self.lt.iter().any(|e| e == &(*i, true)))
+            {
+                return Err(bad("RPS sets contradict the DPB POCs"));
+            }
+            let poc = |i: u8| dpb[usize::from(i)].pic_order_cnt_val;
+            self.neg.sort_by_key(|e| std::cmp::Reverse(poc(e.0)));
+            self.pos.sort_by_key(|e| poc(e.0));
+            // Long-term: by MSB cycle (ascending), as delta coding needs.
+            self.lt.sort_by_key(|e| std::cmp::Reverse(poc(e.0)));
+            let used =
+                |v: &Vec<(u8, bool)>| v.iter().filter(|e| e.1).map(|e| e.0).collect::<Vec<_>>();
+            let (b, a, l) = (used(&self.neg), used(&self.pos), used(&self.lt));
+            self.temp0.clear();
+            self.temp0.extend(b.iter().chain(&a).chain(&l));
+            self.temp1.clear();
+            self.temp1.extend(a.iter().chain(&b).chain(&l));
+            Ok(())
+        }
+    }
+
+    /// Everything a slice header rewrite needs besides the slice itself.
+    #[derive(Debug, Clone, Copy)]
+    pub struct PicContext<'a> {
+        /// SPS control.
+        pub sps: &'a V4l2CtrlHevcSps,
+        /// PPS control.
+        pub pps: &'a V4l2CtrlHevcPps,
+        /// Decode parameters.
+        pub dp: &'a V4l2CtrlHevcDecodeParams,
+        /// Reference picture set derived from `dp`.
+        pub rps: &'a Rps,
+    }
+
+    fn pred_weight_table(w: &mut BitWriter, sl: &V4l2CtrlHevcSliceParams, chroma: bool) {
+        let t = &sl.pred_weight_table;
+        w.ue(t.luma_log2_weight_denom.into());
+        let cdenom =
+            i32::from(t.luma_log2_weight_denom) + i32::from(t.delta_chroma_log2_weight_denom);
+        if chroma {
+            w.se(t.delta_chroma_log2_weight_denom.into());
+        }
+        /// Entries, luma weight deltas, luma offsets, chroma weight
+        /// deltas and chroma offsets of one list.
+        type List<'t> = (
+            usize,
+            &'t [i8; 16],
+            &'t [i8; 16],
+            &'t [[i8; 2]; 16],
+            &'t [[i8; 2]; 16],
+        );
+        let lists: [List<'_>; 2] = [
+            (
+                usize::from(sl.num_ref_idx_l0_active_minus1) + 1,
+                &t.delta_luma_weight_l0,
+                &t.luma_offset_l0,
+                &t.delta_chroma_weight_l0,
+                &t.chroma_offset_l0,
+            ),
+            (
+                usize::from(sl.num_ref_idx_l1_active_minus1) + 1,
+                &t.delta_luma_weight_l1,
+                &t.luma_offset_l1,
+                &t.delta_chroma_weight_l1,
+                &t.chroma_offset_l1,
+            ),
+        ];
+        let nlists = if sl.slice_type == V4L2_HEVC_SLICE_TYPE_B {
+            2
+        } else {
+            1
+        };
+        for &(n, dlw, lo, dcw, co) in &lists[..nlists] {
+            let n = n.min(15);
+            let luma_flag = |i: usize| dlw[i] != 0 || lo[i] != 0;
+            let chroma_flag = |i: usize| dcw[i] != [0, 0] || co[i] != [0, 0];
+            for i in 0..n {
+                w.flag(luma_flag(i));
+            }
+            if chroma {
+                for i in 0..n {
+                    w.flag(chroma_flag(i));
+                }
+            }
+            for i in 0..n {
+                if luma_flag(i) {
+                    w.se(dlw[i].into());
+                    w.se(lo[i].into());
+                }
+                if chroma && chroma_flag(i) {
+                    for j in 0..2 {
+                        // V4L2 carries the derived ChromaOffset; code the
+                        // delta that yields it (WpOffsetHalfRangeC = 128).
+                        let weight = (1 << cdenom) + i32::from(dcw[i][j]);
+                        let delta = i32::from(co[i][j]) - 128 + ((128 * weight) >> cdenom);
+                        w.se(dcw[i][j].into());
+                        w.se(delta);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends the rebuilt slice NAL unit: `nal` is the client's slice NAL
+    /// unit (2-byte header first, no start code), `entry_points` the
+    /// slice's `entry_point_offset_minus1` values.
+    pub fn rewrite_slice(
+        out: &mut Vec<u8>,
+        scratch: &mut BitWriter,
+        cx: &PicContext<'_>,
+        sl: &V4l2CtrlHevcSliceParams,
+        nal: &[u8],
+        entry_points: &[u32],
+    ) -> Result<(), DecodeError> {
+        let (s, p, dp, rps) = (cx.sps, cx.pps, cx.dp, cx.rps);
+        let pf = |b: u64| p.flags & b != 0;
+        let sf = |b: u64| s.flags & b != 0;
+        let lf = |b: u64| sl.flags & b != 0;
+        let start = sl.data_byte_offset as usize;
+        if nal.len() < 3 || start <= 2 || start >= nal.len() {
+            return Err(bad(format!(
+                "data_byte_offset {start} outside the {}-byte slice",
+                nal.len()
+            )));
+        }
+        let nal_type = (nal[0] >> 1) & 0x3f;
+        if nal_type != sl.nal_unit_type || nal_type > 21 || (10..16).contains(&nal_type) {
+            return Err(bad(format!(
+                "slice NAL type {nal_type}, controls say {}",
+                sl.nal_unit_type
+            )));
+        }
+        let w = scratch;
+        *w = BitWriter::new();
+        let first = sl.slice_segment_addr == 0;
+        w.flag(first);
+        if (16..=23).contains(&nal_type) {
+            w.flag(dp.flags & V4L2_HEVC_DECODE_PARAM_FLAG_NO_OUTPUT_OF_PRIOR != 0);
+        }
+        w.ue(p.pic_parameter_set_id.into());
+        let dependent = lf(V4L2_HEVC_SLICE_PARAMS_FLAG_DEPENDENT_SLICE_SEGMENT);
+        let ctb_log2 = u32::from(s.log2_min_luma_coding_block_size_minus3)
+            + 3
+            + u32::from(s.log2_diff_max_min_luma_coding_block_size);
+        let ctb = 1u32 << ctb_log2;
+        let pic_ctbs = u32::from(s.pic_width_in_luma_samples).div_ceil(ctb)
+            * u32::from(s.pic_height_in_luma_samples).div_ceil(ctb);
+        if !first {
+            if pf(V4L2_HEVC_PPS_FLAG_DEPENDENT_SLICE_SEGMENT_ENABLED) {
+                w.flag(dependent);
+            } else if dependent {
+                return Err(bad("dependent slice segment without PPS support"));
+            }
+            if sl.slice_segment_addr >= pic_ctbs {
+                return Err(bad("slice_segment_addr outside the picture"));
+            }
+            w.u(ceil_log2(pic_ctbs), sl.slice_segment_addr);
+        } else if dependent {
+            return Err(bad("first slice segment marked dependent"));
+        }
+        let chroma = s.chroma_format_idc != 0 && !sf(V4L2_HEVC_SPS_FLAG_SEPARATE_COLOUR_PLANE);
+        if !dependent {
+            if sl.slice_type > V4L2_HEVC_SLICE_TYPE_I {
+                return Err(bad("slice_type"));
+            }
+            w.ue(sl.slice_type.into());
+            if sf(V4L2_HEVC_SPS_FLAG_SEPARATE_COLOUR_PLANE) {
+                w.u(2, sl.colour_plane_id.into());
+            }
+            let mut num_pic_total_curr = 0u32;
+            if nal_type != 19 && nal_type != 20 {
+                let lsb_bits = u32::from(s.log2_max_pic_order_cnt_lsb_minus4) + 4;
+                let max_lsb = 1i64 << lsb_bits;
+                let cur = i64::from(dp.pic_order_cnt_val);
+                w.u(lsb_bits, cur.rem_euclid(max_lsb) as u32);
+                w.flag(false); // short_term_ref_pic_set_sps_flag
+                               // st_ref_pic_set(0): explicit.
+                let dpb = dp.active_dpb();
+                let poc = |i: u8| i64::from(dpb[usize::from(i)].pic_order_cnt_val);
+                w.ue(rps.neg.len() as u32);
+                w.ue(rps.pos.len() as u32);
+                let mut prev = cur;
+                for &(i, used) in &rps.neg {
+                    w.ue((prev - poc(i) - 1) as u32);
+                    w.flag(used);
+                    prev = poc(i);
+                }
+                let mut prev = cur;
+                for &(i, used) in &rps.pos {
+                    w.ue((poc(i) - prev - 1) as u32);
+                    w.flag(used);
+                    prev = poc(i);
+                }
+                num_pic_total_curr = (rps.temp0.len()) as u32;
+                if sf(V4L2_HEVC_SPS_FLAG_LONG_TERM_REF_PICS_PRESENT) {
+                    w.ue(rps.lt.len() as u32);
+                    let cur_msb = cur - cur.rem_euclid(max_lsb);
+                    let mut prev_cycle = 0i64;
+                    for &(i, used) in &rps.lt {
+                        let lt = poc(i);
+                        w.u(lsb_bits, lt.rem_euclid(max_lsb) as u32);
+                        w.flag(used);
+                        w.flag(true); // delta_poc_msb_present_flag
+                        let cycle = (cur_msb - (lt - lt.rem_euclid(max_lsb))) / max_lsb;
+                        if cycle < prev_cycle {
+                            return Err(bad("long-term pictures out of order"));
+                        }
+                        w.ue((cycle - prev_cycle) as u32);
+                        prev_cycle = cycle;
+                    }
+                } else if !rps.lt.is_empty() {
+                    return Err(bad("long-term DPB entry without SPS support"));
+                }
+                if sf(V4L2_HEVC_SPS_FLAG_SPS_TEMPORAL_MVP_ENABLED) {
+                    w.flag(lf(V4L2_HEVC_SLICE_PARAMS_FLAG_SLICE_TEMPORAL_MVP_ENABLED));
+                }
+            } else if !rps.temp0.is_empty() || !rps.lt.is_empty() {
+                return Err(bad("IDR picture with references"));
+            }
+            let sao_luma = lf(V4L2_HEVC_SLICE_PARAMS_FLAG_SLICE_SAO_LUMA);
+            let sao_chroma = lf(V4L2_HEVC_SLICE_PARAMS_FLAG_SLICE_SAO_CHROMA);
+            if sf(V4L2_HEVC_SPS_FLAG_SAMPLE_ADAPTIVE_OFFSET) {
+                w.flag(sao_luma);
+                if chroma {
+                    w.flag(sao_chroma);
+                }
+            }
+            let is_b = sl.slice_type == V4L2_HEVC_SLICE_TYPE_B;
+            if sl.slice_type != V4L2_HEVC_SLICE_TYPE_I {
+                if num_pic_total_curr == 0 {
+                    return Err(bad("P/B slice without references"));
+                }
+                w.flag(true); // num_ref_idx_active_override_flag
+                w.ue(sl.num_ref_idx_l0_active_minus1.into());
+                if is_b {
+                    w.ue(sl.num_ref_idx_l1_active_minus1.into());
+                }
+                // ref_pic_lists_modification(): the lists as positions in
+                // RefPicListTemp0/1 (whose heads repeat cyclically).
+                let entries = |list: &[u8], n: u8, temp: &[u8], w: &mut BitWriter| {
+                    let bits = ceil_log2(num_pic_total_curr);
+                    for &dpb_idx in &list[..usize::from(n) + 1] {
+                        let pos = temp
+                            .iter()
+                            .position(|&t| t == dpb_idx)
+                            .ok_or_else(|| bad("reference list names a picture outside the RPS"))?;
+                        if bits > 0 {
+                            w.u(bits, pos as u32);
+                        }
+                    }
+                    Ok::<(), DecodeError>(())
+                };
+                if num_pic_total_curr > 1 {
+                    w.flag(true);
+                }
+                entries(
+                    &sl.ref_idx_l0,
+                    sl.num_ref_idx_l0_active_minus1,
+                    &rps.temp0,
+                    w,
+                )?;
+                if is_b {
+                    if num_pic_total_curr > 1 {
+                        w.flag(true);
+                    }
+                    entries(
+                        &sl.ref_idx_l1,
+                        sl.num_ref_idx_l1_active_minus1,
+                        &rps.temp1,
+                        w,
+                    )?;
+                    w.flag(lf(V4L2_HEVC_SLICE_PARAMS_FLAG_MVD_L1_ZERO));
+                }
+                if pf(V4L2_HEVC_PPS_FLAG_CABAC_INIT_PRESENT) {
+                    w.flag(lf(V4L2_HEVC_SLICE_PARAMS_FLAG_CABAC_INIT));
+                }
+                if lf(V4L2_HEVC_SLICE_PARAMS_FLAG_SLICE_TEMPORAL_MVP_ENABLED)
+                    && sf(V4L2_HEVC_SPS_FLAG_SPS_TEMPORAL_MVP_ENABLED)
+                {
+                    let from_l0 = !is_b || lf(V4L2_HEVC_SLICE_PARAMS_FLAG_COLLOCATED_FROM_L0);
+                    if is_b {
+                        w.flag(from_l0);
+                    }
+                    if (from_l0 && sl.num_ref_idx_l0_active_minus1 > 0)
+                        || (!from_l0 && sl.num_ref_idx_l1_active_minus1 > 0)
+                    {
+                        w.ue(sl.collocated_ref_idx.into());
+                    }
+                }
+                if (pf(V4L2_HEVC_PPS_FLAG_WEIGHTED_PRED) && !is_b)
+                    || (pf(V4L2_HEVC_PPS_FLAG_WEIGHTED_BIPRED) && is_b)
+                {
+                    pred_weight_table(w, sl, chroma);
+                }
+                w.ue(sl.five_minus_max_num_merge_cand.into());
+            }
+            w.se(sl.slice_qp_delta.into());
+            if pf(V4L2_HEVC_PPS_FLAG_PPS_SLICE_CHROMA_QP_OFFSETS_PRESENT) {
+                w.se(sl.slice_cb_qp_offset.into());
+                w.se(sl.slice_cr_qp_offset.into());
+            }
+            let dbk_disabled = lf(V4L2_HEVC_SLICE_PARAMS_FLAG_SLICE_DEBLOCKING_FILTER_DISABLED);
+            if pf(V4L2_HEVC_PPS_FLAG_DEBLOCKING_FILTER_OVERRIDE_ENABLED) {
+                w.flag(true); // deblocking_filter_override_flag
+                w.flag(dbk_disabled);
+                if !dbk_disabled {
+                    w.se(sl.slice_beta_offset_div2.into());
+                    w.se(sl.slice_tc_offset_div2.into());
+                }
+            } else if dbk_disabled != pf(V4L2_HEVC_PPS_FLAG_PPS_DISABLE_DEBLOCKING_FILTER) {
+                return Err(bad("slice deblocking override without PPS support"));
+            }
+            if pf(V4L2_HEVC_PPS_FLAG_PPS_LOOP_FILTER_ACROSS_SLICES_ENABLED)
+                && (sao_luma || sao_chroma || !dbk_disabled)
+            {
+                w.flag(lf(
+                    V4L2_HEVC_SLICE_PARAMS_FLAG_SLICE_LOOP_FILTER_ACROSS_SLICES_ENABLED,
+                ));
+            }
+        }
+        if pf(V4L2_HEVC_PPS_FLAG_TILES_ENABLED)
+            || pf(V4L2_HEVC_PPS_FLAG_ENTROPY_CODING_SYNC_ENABLED)
+        {
+            w.ue(entry_points.len() as u32);
+            if let Some(&max) = entry_points.iter().max() {
+                let bits = (32 - max.leading_zeros()).max(1);
+                w.ue(bits - 1);
+                for &e in entry_points {
+                    w.u(bits, e);
+                }
+            }
+        } else if !entry_points.is_empty() {
+            return Err(bad("entry points without tiles or WPP"));
+        }
+        let rbsp = std::mem::take(w).finish_rbsp();
+        out.extend_from_slice(&[0, 0, 0, 1, nal[0], nal[1]]);
+        push_escaped(out, &rbsp);
+        out.extend_from_slice(&nal[start..]);
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn diagonal_scan_4x4() {
+            assert_eq!(
+                diagonal_scan(4),
+                vec![0, 4, 1, 8, 5, 2, 12, 9, 6, 3, 13, 10, 7, 14, 11, 15]
+            );
         }
     }
 }

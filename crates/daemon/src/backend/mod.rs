@@ -243,11 +243,9 @@ pub trait Backend: Send {
 pub fn open(codec: Codec) -> Result<Box<dyn Backend>, DecodeError> {
     match codec {
         Codec::H264 => Ok(Box::new(ffmpeg::FfmpegH264::new()?)),
+        Codec::Hevc => Ok(Box::new(ffmpeg::FfmpegHevc::new()?)),
         Codec::Vp8 | Codec::Vp9 => Ok(Box::new(ffmpeg::FfmpegVpx::new(codec)?)),
         Codec::Av1 => Ok(Box::new(dav1d::Dav1dAv1::new()?)),
-        other => Err(DecodeError::Unsupported(format!(
-            "no built-in backend for {other:?} yet"
-        ))),
     }
 }
 

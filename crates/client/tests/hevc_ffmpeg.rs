@@ -1,0 +1,370 @@
+//! End to end HEVC: x265 streams -> client parser -> V4L2 jobs (controls
+//! validated as the kernel would) -> FFmpeg backend writing NV12/P010 ->
+//! display order -> per-frame MD5, compared with `ffmpeg -f framemd5` of
+//! the same stream.
+//!
+//! Needs the `x265` and `ffmpeg` command-line tools.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use daedalus_client::hevc::{HevcParser, Packing};
+use daedalus_client::{DisplayQueue, Job, PictureInfo, StreamParser};
+use daedalus_daemon::backend::ffmpeg::FfmpegHevc;
+use daedalus_daemon::backend::{
+    Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobFlags, JobInput,
+};
+use decoder_core::ctrl::{check_request, validate_write, Codec, ControlValues};
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("daedalus-hevc-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn encode(
+    dir: &Path,
+    name: &str,
+    size: (u32, u32),
+    frames: u32,
+    ten_bit: bool,
+    args: &[&str],
+) -> PathBuf {
+    let y4m = dir.join(format!("{name}.y4m"));
+    run(Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc2=size={}x{}:rate=25", size.0, size.1))
+        .args([
+            "-frames:v",
+            &frames.to_string(),
+            "-strict",
+            "-1",
+            "-pix_fmt",
+        ])
+        .arg(if ten_bit { "yuv420p10le" } else { "yuv420p" })
+        .arg(&y4m));
+    let out = dir.join(format!("{name}.hevc"));
+    run(Command::new("x265")
+        .args(["--log-level", "error", "--preset", "fast", "--input"])
+        .arg(&y4m)
+        .args(if ten_bit {
+            &["--output-depth", "10", "--profile", "main10"][..]
+        } else {
+            &[][..]
+        })
+        .args(args)
+        .arg("-o")
+        .arg(&out));
+    out
+}
+
+fn reference_md5s(file: &Path, ten_bit: bool) -> Vec<String> {
+    let out = run(Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(file)
+        .args(["-pix_fmt", if ten_bit { "p010le" } else { "nv12" }])
+        .args(["-fps_mode", "passthrough", "-f", "framemd5", "-"]));
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.rsplit(',').next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// Tightly packed visible picture (what `ffmpeg -f framemd5` hashes).
+fn visible_bytes(buf: &[u8], info: &PictureInfo, sample: usize) -> Vec<u8> {
+    let (cw, ch) = (info.coded.0 as usize, info.coded.1 as usize);
+    let (l, t, w, h) = (
+        info.visible.0 as usize,
+        info.visible.1 as usize,
+        info.visible.2 as usize,
+        info.visible.3 as usize,
+    );
+    let stride = cw * sample;
+    let mut out = Vec::with_capacity(w * h * 3 / 2 * sample);
+    for y in t..t + h {
+        out.extend_from_slice(&buf[y * stride + l * sample..y * stride + (l + w) * sample]);
+    }
+    let chroma = &buf[stride * ch..];
+    for y in t / 2..(t + h).div_ceil(2) {
+        let row = &chroma[y * stride..];
+        out.extend_from_slice(&row[(l & !1) * sample..((l & !1) + 2 * w.div_ceil(2)) * sample]);
+    }
+    out
+}
+
+/// Validates the job's controls as the kernel (and decoder-core) would.
+fn validated(job: &Job) -> ControlValues {
+    let mut c = ControlValues::defaults(Codec::Hevc);
+    for (id, bytes) in job.controls.iter() {
+        let v = validate_write(Codec::Hevc, id, bytes)
+            .unwrap_or_else(|e| panic!("control {id:#x} refused: {e:?}"));
+        c.set_raw(id, v);
+    }
+    check_request(Codec::Hevc, &c).expect("request check");
+    c
+}
+
+/// A displayed picture: its info and CAPTURE bytes (`None` if its job
+/// failed).
+type Shown = (PictureInfo, Option<Vec<u8>>);
+
+#[derive(Default, Debug)]
+struct RunResult {
+    frames: usize,
+    exact: usize,
+    jobs: usize,
+    errors: Vec<(usize, DecodeError)>,
+}
+
+/// Decodes `jobs` (optionally transformed) and compares with `want`.
+fn decode_jobs(jobs: &[Job], ten_bit: bool, want: &[String]) -> RunResult {
+    let mut backend = FfmpegHevc::new().unwrap();
+    let format = if ten_bit {
+        CaptureFormat::P010
+    } else {
+        CaptureFormat::Nv12
+    };
+    let sample = format.sample_bytes();
+    let mut queue = DisplayQueue::new();
+    let mut shown: Vec<String> = Vec::new();
+    let mut r = RunResult::default();
+    let mut buf: Vec<u8> = Vec::new();
+    let emit = |out: Vec<(u64, Shown)>, shown: &mut Vec<String>| {
+        for (_, (info, pic)) in out {
+            shown.push(match pic {
+                Some(p) => format!("{:x}", md5::compute(visible_bytes(&p, &info, sample))),
+                None => String::new(),
+            });
+        }
+    };
+    for (i, job) in jobs.iter().enumerate() {
+        let controls = validated(job);
+        let mut refs = Vec::new();
+        (Codec::Hevc.desc().reference_timestamps)(&controls, &mut refs);
+        let (w, h) = job.picture.coded;
+        let stride = w as usize * sample;
+        if !job.flags.continues_picture {
+            buf.clear();
+            buf.resize(stride * h as usize * 3 / 2 + stride, 0x5a);
+        }
+        let mut out = CaptureTarget::contiguous(format, w, h, stride, &mut buf).unwrap();
+        let input = JobInput {
+            codec: Codec::Hevc,
+            controls: &controls,
+            bitstream: &job.bitstream,
+            timestamp: job.timestamp,
+            flags: JobFlags {
+                more_slices: job.flags.more_slices,
+                continues_picture: job.flags.continues_picture,
+            },
+            references: &refs,
+        };
+        r.jobs += 1;
+        match backend.decode(&input, &mut out) {
+            Ok(DecodeOutcome::Held) => {}
+            Ok(DecodeOutcome::Decoded) => {
+                let o = queue.push(
+                    job.timestamp,
+                    &job.picture,
+                    (job.picture, Some(buf.clone())),
+                );
+                emit(o, &mut shown);
+            }
+            Err(e) => {
+                r.errors.push((i, e));
+                if !job.flags.more_slices {
+                    let o = queue.push(job.timestamp, &job.picture, (job.picture, None));
+                    emit(o, &mut shown);
+                }
+            }
+        }
+    }
+    emit(queue.drain(), &mut shown);
+    r.frames = shown.len();
+    r.exact = shown.iter().zip(want).filter(|(a, b)| a == b).count();
+    if r.exact != want.len() {
+        for (i, (a, b)) in shown.iter().zip(want).enumerate() {
+            if a != b {
+                eprintln!("  frame {i}: got {a:?}, want {b}");
+            }
+        }
+    }
+    r
+}
+
+fn all_jobs(file: &Path, packing: Packing) -> Vec<Job> {
+    let mut p = HevcParser::from_file(file, packing).unwrap();
+    let mut jobs = Vec::new();
+    while let Some(j) = p.next_job().unwrap() {
+        jobs.push(j);
+    }
+    jobs
+}
+
+struct Stream {
+    name: &'static str,
+    size: (u32, u32),
+    frames: u32,
+    ten_bit: bool,
+    args: &'static [&'static str],
+    packings: &'static [Packing],
+}
+
+const PER_PIC: Packing = Packing::PicturePerJob;
+const PER_SLICE_AB: Packing = Packing::SlicePerJob { annex_b: true };
+const PER_SLICE_RAW: Packing = Packing::SlicePerJob { annex_b: false };
+
+fn streams() -> Vec<Stream> {
+    vec![
+        Stream {
+            name: "main_bframes_176x144",
+            size: (176, 144),
+            frames: 40,
+            ten_bit: false,
+            args: &[
+                "--bframes",
+                "4",
+                "--b-adapt",
+                "2",
+                "--ref",
+                "3",
+                "--keyint",
+                "20",
+            ],
+            packings: &[PER_PIC],
+        },
+        Stream {
+            name: "main_odd_174x98",
+            size: (174, 98),
+            frames: 25,
+            ten_bit: false,
+            args: &["--bframes", "3", "--keyint", "12", "--no-open-gop"],
+            packings: &[PER_PIC],
+        },
+        Stream {
+            name: "main_3slices_wpp_176x144",
+            size: (176, 144),
+            frames: 20,
+            ten_bit: false,
+            args: &["--slices", "3", "--bframes", "2", "--keyint", "10"],
+            packings: &[PER_PIC, PER_SLICE_AB, PER_SLICE_RAW],
+        },
+        Stream {
+            name: "main10_176x144",
+            size: (176, 144),
+            frames: 25,
+            ten_bit: true,
+            args: &["--bframes", "3", "--keyint", "15"],
+            packings: &[PER_PIC],
+        },
+    ]
+}
+
+#[test]
+fn hevc_streams_decode_bit_exact_through_jobs() {
+    daedalus_daemon::backend::ffmpeg::quiet_library_logs();
+    let dir = tmpdir("e2e");
+    let mut failures = Vec::new();
+    for s in streams() {
+        let file = encode(&dir, s.name, s.size, s.frames, s.ten_bit, s.args);
+        let want = reference_md5s(&file, s.ten_bit);
+        assert_eq!(want.len(), s.frames as usize, "{}", s.name);
+        for &packing in s.packings {
+            let jobs = all_jobs(&file, packing);
+            let r = decode_jobs(&jobs, s.ten_bit, &want);
+            eprintln!(
+                "{} {packing:?}: {}/{} frames exact, {} jobs, errors {:?}",
+                s.name,
+                r.exact,
+                want.len(),
+                r.jobs,
+                r.errors
+            );
+            if r.exact != want.len() || r.frames != want.len() || !r.errors.is_empty() {
+                failures.push(format!("{} {packing:?}", s.name));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "not bit-exact: {failures:?}");
+}
+
+#[test]
+fn hevc_corruption_and_missing_reference_recover_at_next_irap() {
+    daedalus_daemon::backend::ffmpeg::quiet_library_logs();
+    let dir = tmpdir("damage");
+    let file = encode(
+        &dir,
+        "closed_gop",
+        (176, 144),
+        30,
+        false,
+        &[
+            "--bframes",
+            "0",
+            "--keyint",
+            "10",
+            "--min-keyint",
+            "10",
+            "--no-open-gop",
+        ],
+    );
+    let want = reference_md5s(&file, false);
+    let jobs = all_jobs(&file, PER_PIC);
+    assert_eq!(jobs.len(), 30);
+    let clean = decode_jobs(&jobs, false, &want);
+    assert_eq!(clean.exact, 30, "{:?}", clean.errors);
+
+    // Damage the slice data of picture 4 (keep its header intact).
+    let mut bad = jobs.clone();
+    let n = bad[4].bitstream.len();
+    for b in &mut bad[4].bitstream[n / 2..] {
+        *b = 0xff;
+    }
+    let r = decode_jobs(&bad, false, &want);
+    eprintln!("corrupt: {:?}", r.errors);
+    assert!(
+        matches!(r.errors.first(), Some((4, DecodeError::Corrupt(_)))),
+        "{:?}",
+        r.errors
+    );
+    // Pictures 5..9 wait for the IDR at 10; from there all is exact.
+    assert!(r.errors[1..]
+        .iter()
+        .all(|(i, e)| (5..10).contains(i) && *e == DecodeError::WaitingForKeyframe));
+    assert_eq!(r.exact, 30 - 6, "{:?}", r.errors);
+
+    // Drop picture 13: picture 14 misses its reference.
+    let mut dropped = jobs.clone();
+    let gone = dropped.remove(13);
+    let r = decode_jobs(&dropped, false, &want);
+    assert!(
+        matches!(r.errors.first(), Some((13, DecodeError::MissingReference(t))) if *t == gone.timestamp),
+        "{:?}",
+        r.errors
+    );
+    assert!(r.errors[1..]
+        .iter()
+        .all(|(i, e)| *i < 19 && *e == DecodeError::WaitingForKeyframe));
+    let _ = std::fs::remove_dir_all(&dir);
+}
