@@ -1080,4 +1080,61 @@ mod tests {
         // one OBU.
         assert_eq!(obu_types(&obu), Some(vec![1]));
     }
+
+    #[test]
+    fn tool_choices_change_the_header() {
+        let mut s = <V4l2CtrlAv1Sequence as decoder_core::ctrl::CompoundControl>::default_value();
+        s.max_frame_width_minus_1 = 175;
+        s.max_frame_height_minus_1 = 143;
+        let all: Vec<Vec<u8>> = TOOL_CHOICES
+            .iter()
+            .map(|c| sequence_header_obu_with(&s, *c).unwrap())
+            .collect();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(all[0], sequence_header_obu(&s).unwrap());
+        // Order hints enabled with 0 bits cannot be written.
+        s.flags = V4L2_AV1_SEQUENCE_FLAG_ENABLE_ORDER_HINT;
+        assert!(sequence_header_obu(&s).is_err());
+    }
+
+    #[test]
+    fn frame_header_prefix_check() {
+        use decoder_core::ctrl::av1::{
+            V4L2_AV1_FRAME_FLAG_ERROR_RESILIENT_MODE, V4L2_AV1_FRAME_FLAG_SHOW_FRAME,
+            V4L2_AV1_KEY_FRAME,
+        };
+        let mut seq = <V4l2CtrlAv1Sequence as decoder_core::ctrl::CompoundControl>::default_value();
+        seq.flags = V4L2_AV1_SEQUENCE_FLAG_ENABLE_ORDER_HINT;
+        seq.order_hint_bits = 7;
+        let mut f = <V4l2CtrlAv1Frame as decoder_core::ctrl::CompoundControl>::default_value();
+        f.frame_type = V4L2_AV1_KEY_FRAME;
+        // A shown key frame is error resilient without coding it.
+        f.flags = V4L2_AV1_FRAME_FLAG_SHOW_FRAME | V4L2_AV1_FRAME_FLAG_ERROR_RESILIENT_MODE;
+        f.order_hint = 0x55;
+        // show_existing 0, KEY (00), show 1, disable_cdf 0, then with
+        // SELECT: allow_sct 0, override 0, order hint 1010101.
+        let mut b = Bits::default();
+        for bit in [0, 0, 0, 1, 0, 0, 0] {
+            b.put(1, bit);
+        }
+        b.put(7, 0x55);
+        let payload = b.finish();
+        let select = TOOL_CHOICES[0];
+        let forced_off = TOOL_CHOICES[1];
+        assert_eq!(frame_header_agrees(&payload, select, &seq, &f), Some(true));
+        // Without the allow_sct bit the order hint reads shifted.
+        assert_eq!(
+            frame_header_agrees(&payload, forced_off, &seq, &f),
+            Some(false)
+        );
+        // Too short to tell.
+        assert_eq!(frame_header_agrees(&payload[..1], select, &seq, &f), None);
+        // A different frame type disagrees whatever the choice.
+        f.frame_type = 1;
+        assert_eq!(frame_header_agrees(&payload, select, &seq, &f), Some(false));
+    }
 }
