@@ -18,7 +18,10 @@
 //! * `ENTRY_POINT_OFFSETS` holds the `entry_point_offset_minus1` values of
 //!   every slice of the job, in slice order.
 //!
-//! Limits: no scaling lists (refused), 8- and 10-bit 4:2:0 / 4:0:0, one
+//! * `SCALING_MATRIX` lists are in raster order (the parser's coding-order
+//!   lists are converted), DC values included.
+//!
+//! Limits: 8- and 10-bit 4:2:0 / 4:0:0, one
 //! layer; RASL pictures of a CRA picture that starts decoding are skipped,
 //! as the specification requires.
 
@@ -308,6 +311,51 @@ pub fn pps_control(p: &Pps) -> V4l2CtrlHevcPps {
     c
 }
 
+/// Raster position of each coefficient in up-right diagonal scan order of
+/// an `n` x `n` block (6.5.3).
+fn diagonal_scan(n: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(n * n);
+    for d in 0..2 * n - 1 {
+        for y in (0..n).rev() {
+            if d >= y && d - y < n {
+                out.push(y * n + (d - y));
+            }
+        }
+    }
+    out
+}
+
+/// `V4L2_CID_STATELESS_HEVC_SCALING_MATRIX` (raster order) for the lists in
+/// effect: the PPS's, else the SPS's, else the default lists (which the
+/// parser leaves in the PPS when it codes none). Lists are in coding
+/// (up-right diagonal) order in the parser.
+pub fn scaling_matrix_control(sps: &Sps, pps: &Pps) -> V4l2CtrlHevcScalingMatrix {
+    let sl = if !pps.scaling_list_data_present_flag && sps.scaling_list_data_present_flag {
+        &sps.scaling_list
+    } else {
+        &pps.scaling_list
+    };
+    let mut m = <V4l2CtrlHevcScalingMatrix as zerocopy::FromZeros>::new_zeroed();
+    let (s4, s8) = (diagonal_scan(4), diagonal_scan(8));
+    for i in 0..6 {
+        for (k, &pos) in s4.iter().enumerate() {
+            m.scaling_list_4x4[i][pos] = sl.scaling_list_4x4[i][k];
+        }
+        for (k, &pos) in s8.iter().enumerate() {
+            m.scaling_list_8x8[i][pos] = sl.scaling_list_8x8[i][k];
+            m.scaling_list_16x16[i][pos] = sl.scaling_list_16x16[i][k];
+        }
+        m.scaling_list_dc_coef_16x16[i] = (sl.scaling_list_dc_coef_minus8_16x16[i] + 8) as u8;
+    }
+    for i in 0..2 {
+        for (k, &pos) in s8.iter().enumerate() {
+            m.scaling_list_32x32[i][pos] = sl.scaling_list_32x32[i * 3][k];
+        }
+        m.scaling_list_dc_coef_32x32[i] = (sl.scaling_list_dc_coef_minus8_32x32[i * 3] + 8) as u8;
+    }
+    m
+}
+
 /// Visible rectangle (conformance window): left, top, width, height.
 fn visible_rect(s: &Sps) -> (u32, u32, u32, u32) {
     let (w, h) = (
@@ -519,9 +567,6 @@ impl HevcParser {
         let rasl = nal_type == 8 || nal_type == 9;
         let radl = nal_type == 6 || nal_type == 7;
         let slnr = nal_type <= 14 && nal_type.is_multiple_of(2);
-        if sps.scaling_list_enabled_flag {
-            return Err(ClientError::Unsupported("HEVC scaling lists".into()));
-        }
         if sps.chroma_format_idc > 1 || sps.bit_depth_luma_minus8 > 2 {
             return Err(ClientError::Unsupported(
                 "only 8/10-bit 4:2:0 or 4:0:0".into(),
@@ -841,6 +886,9 @@ impl HevcParser {
         put(&mut base, &sps_control(&sps));
         put(&mut base, &pps_control(pps));
         put(&mut base, &dp);
+        if sps.scaling_list_enabled_flag {
+            put(&mut base, &scaling_matrix_control(&sps, pps));
+        }
         let (visible, coded) = (
             visible_rect(&sps),
             (

@@ -14,6 +14,7 @@ use daedalus_daemon::backend::ffmpeg::FfmpegHevc;
 use daedalus_daemon::backend::{
     Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobFlags, JobInput,
 };
+use decoder_core::ctrl::hevc::{V4l2CtrlHevcSliceParams, V4L2_CID_STATELESS_HEVC_SCALING_MATRIX};
 use decoder_core::ctrl::{check_request, validate_write, Codec, ControlValues};
 
 fn run(cmd: &mut Command) -> Vec<u8> {
@@ -130,6 +131,8 @@ type Shown = (PictureInfo, Option<Vec<u8>>);
 
 #[derive(Default, Debug)]
 struct RunResult {
+    /// MD5 of each decoded picture's visible area, by timestamp.
+    by_ts: std::collections::HashMap<u64, String>,
     frames: usize,
     exact: usize,
     jobs: usize,
@@ -183,6 +186,13 @@ fn decode_jobs(jobs: &[Job], ten_bit: bool, want: &[String]) -> RunResult {
         match backend.decode(&input, &mut out) {
             Ok(DecodeOutcome::Held) => {}
             Ok(DecodeOutcome::Decoded) => {
+                r.by_ts.insert(
+                    job.timestamp,
+                    format!(
+                        "{:x}",
+                        md5::compute(visible_bytes(&buf, &job.picture, sample))
+                    ),
+                );
                 let o = queue.push(
                     job.timestamp,
                     &job.picture,
@@ -270,6 +280,21 @@ fn streams() -> Vec<Stream> {
             packings: &[PER_PIC, PER_SLICE_AB, PER_SLICE_RAW],
         },
         Stream {
+            name: "main_default_scaling_lists_256x144",
+            size: (256, 144),
+            frames: 12,
+            ten_bit: false,
+            args: &[
+                "--scaling-list",
+                "default",
+                "--bframes",
+                "2",
+                "--keyint",
+                "6",
+            ],
+            packings: &[PER_PIC],
+        },
+        Stream {
             name: "main10_176x144",
             size: (176, 144),
             frames: 25,
@@ -291,6 +316,12 @@ fn hevc_streams_decode_bit_exact_through_jobs() {
         assert_eq!(want.len(), s.frames as usize, "{}", s.name);
         for &packing in s.packings {
             let jobs = all_jobs(&file, packing);
+            if s.name.contains("scaling") {
+                assert!(jobs[0]
+                    .controls
+                    .get_raw(V4L2_CID_STATELESS_HEVC_SCALING_MATRIX)
+                    .is_some());
+            }
             let r = decode_jobs(&jobs, s.ten_bit, &want);
             eprintln!(
                 "{} {packing:?}: {}/{} frames exact, {} jobs, errors {:?}",
@@ -366,5 +397,74 @@ fn hevc_corruption_and_missing_reference_recover_at_next_irap() {
     assert!(r.errors[1..]
         .iter()
         .all(|(i, e)| *i < 19 && *e == DecodeError::WaitingForKeyframe));
+
+    // Open GOP: decoding restarts at a CRA picture after a lost picture.
+    // Its RASL pictures fail alone (their references are gone, the session
+    // is not reset); every other picture from the CRA on is exact.
+    let file = encode(
+        &dir,
+        "open_gop",
+        (176, 144),
+        40,
+        false,
+        &[
+            "--bframes",
+            "3",
+            "--keyint",
+            "12",
+            "--min-keyint",
+            "12",
+            "--open-gop",
+        ],
+    );
+    let want = reference_md5s(&file, false);
+    let jobs = all_jobs(&file, PER_PIC);
+    let clean = decode_jobs(&jobs, false, &want);
+    assert_eq!(clean.exact, want.len(), "{:?}", clean.errors);
+    let nal_type = |j: &Job| j.controls.get_array::<V4l2CtrlHevcSliceParams>()[0].nal_unit_type;
+    let cra = jobs
+        .iter()
+        .position(|j| nal_type(j) == 21)
+        .expect("x265 open GOP stream has a CRA picture");
+    let rasl = jobs.iter().filter(|j| matches!(nal_type(j), 8 | 9)).count();
+    assert!(rasl > 0, "no RASL pictures");
+    // Lose the latest pre-CRA picture the first RASL picture refers to.
+    let first_rasl = cra + 1;
+    assert!(matches!(nal_type(&jobs[first_rasl]), 8 | 9));
+    let mut refs = Vec::new();
+    let c = validated(&jobs[first_rasl]);
+    (Codec::Hevc.desc().reference_timestamps)(&c, &mut refs);
+    let victim = refs
+        .iter()
+        .filter(|&&t| t < jobs[cra].timestamp)
+        .max()
+        .copied()
+        .expect("RASL picture refers to a picture before the CRA");
+    let mut lost = jobs.clone();
+    lost.retain(|j| j.timestamp != victim);
+    let cra = cra - 1;
+    let r = decode_jobs(&lost, false, &want);
+    eprintln!("open GOP, lost picture: {:?}", r.errors);
+    let mut rasl_errors = 0;
+    for (i, j) in lost.iter().enumerate().skip(cra) {
+        if matches!(nal_type(j), 8 | 9) && i < cra + 6 {
+            assert!(
+                matches!(
+                    r.errors.iter().find(|e| e.0 == i),
+                    Some((_, DecodeError::MissingReference(_)))
+                ),
+                "RASL job {i}"
+            );
+            rasl_errors += 1;
+        } else {
+            assert_eq!(
+                r.by_ts.get(&j.timestamp),
+                clean.by_ts.get(&j.timestamp),
+                "job {i} (type {})",
+                nal_type(j)
+            );
+        }
+    }
+    assert!(rasl_errors > 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

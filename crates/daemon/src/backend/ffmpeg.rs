@@ -1225,7 +1225,14 @@ impl FfmpegHevc {
             } else if self.need_irap {
                 return Err(DecodeError::WaitingForKeyframe);
             }
-            if let Some(&t) = job.references.iter().find(|t| !self.decoded.contains(t)) {
+            // An IRAP picture uses none of its DPB entries (they are kept
+            // for its leading pictures), so only other pictures are checked.
+            let missing = if irap {
+                None
+            } else {
+                job.references.iter().find(|t| !self.decoded.contains(t))
+            };
+            if let Some(&t) = missing {
                 // A RASL picture of the CRA decoding restarted at cannot be
                 // decoded; the pictures after it can.
                 if matches!(first_type, 8 | 9) {
@@ -1349,8 +1356,9 @@ impl Backend for FfmpegHevc {
         if let Err(e) = self.s.copy_out(out) {
             return self.fail(e);
         }
+        // Only pictures this session decoded count (an IRAP picture's DPB
+        // may name pictures from before a restart).
         self.decoded.retain(|t| job.references.contains(t));
-        self.decoded.extend(job.references.iter().copied());
         self.decoded.insert(job.timestamp);
         Ok(DecodeOutcome::Decoded)
     }
