@@ -16,11 +16,13 @@ use std::time::Duration;
 use daedalus_daemon::server::{ServeError, Server, ServerConfig, SessionEnd};
 use daedalus_daemon::transport::{SeqPacket, Shutdown};
 
-const USAGE: &str = "usage: daedalus-daemon --connect PATH [--once] [--threads N]
+const USAGE: &str = "usage: daedalus-daemon --connect PATH [--once] [--threads N] [--plugin LIB]
 
   --connect PATH  unix SOCK_SEQPACKET socket of the frontend
   --once          serve one connection, do not reconnect
   --threads N     most jobs decoding at once (default: number of cores)
+  --plugin LIB    decode the codecs LIB supports with this backend plugin
+                  (include/daedalus_backend.h); others use the built-in backends
 
 Logging: RUST_LOG (default info).";
 
@@ -29,12 +31,14 @@ struct Args {
     connect: PathBuf,
     once: bool,
     threads: Option<usize>,
+    plugin: Option<PathBuf>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut connect = None;
     let mut once = false;
     let mut threads = None;
+    let mut plugin = None;
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -58,6 +62,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 }
                 threads = Some(n);
             }
+            "--plugin" => plugin = Some(PathBuf::from(value("--plugin")?)),
             "--once" => once = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -67,6 +72,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         connect: connect.ok_or("--connect PATH is required")?,
         once,
         threads,
+        plugin,
     })
 }
 
@@ -115,6 +121,17 @@ fn main() -> ExitCode {
     let mut cfg = ServerConfig::default();
     if let Some(n) = args.threads {
         cfg.threads = n;
+    }
+    if let Some(path) = &args.plugin {
+        match daedalus_daemon::backend::plugin::PluginLibrary::load(path) {
+            Ok(lib) => {
+                cfg.backends = daedalus_daemon::backend::plugin::factory(lib, cfg.backends.clone());
+            }
+            Err(e) => {
+                eprintln!("daedalus-daemon: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     tracing::info!(path = %args.connect.display(), threads = cfg.threads, "daedalus-daemon starting");
     let server = Server::new(cfg);

@@ -754,7 +754,9 @@ impl Device {
                 }
                 c.out.fmt = f;
                 c.cap.fmt = fmt::try_decoded(c.cap.fmt.fourcc, f.width, f.height);
+                // New formats are a new CtxOpen: the daemon may accept them.
                 c.opened_gen = None;
+                c.daemon_error = None;
                 Ok(f)
             }
             Queue::Capture => {
@@ -764,6 +766,7 @@ impl Device {
                 let f = fmt::try_decoded(want.fourcc, c.out.fmt.width, c.out.fmt.height);
                 c.cap.fmt = f;
                 c.opened_gen = None;
+                c.daemon_error = None;
                 Ok(f)
             }
         }

@@ -808,3 +808,44 @@ fn dropping_a_device_with_jobs_in_flight_completes_them() {
     decode(&mut s, c, 0, 1, 0).unwrap();
     drop(s); // must not panic: the job token is consumed by the drain
 }
+
+#[test]
+fn new_formats_lift_a_daemon_refusal() {
+    let mut s = sim();
+    s.daemon_start();
+    let c = s.dev.open_context().unwrap();
+    let st = proto::CtxStatus {
+        ctx_id: c.0,
+        error: e::EINVAL as u32,
+    };
+    // the daemon refuses the context once it has been opened
+    let now = s.now;
+    for q in [Queue::Output, Queue::Capture] {
+        s.dev.reqbufs(c, q, Memory::Mmap, 1).unwrap();
+        s.dev.streamon(c, q, now).unwrap();
+    }
+    s.daemon.mode = DaemonMode::Stopped;
+    qcap(&mut s, c, 0);
+    decode(&mut s, c, 0, 1, 0).unwrap();
+    s.dev.daemon_receive(&Message::CtxStatus(st).to_bytes(0), now).unwrap();
+    s.daemon_answer_one(false);
+    s.dev.dqbuf(c, Queue::Capture).unwrap();
+    s.dev.dqbuf(c, Queue::Output).unwrap();
+    for q in [Queue::Output, Queue::Capture] {
+        s.dev.streamoff(c, q, now).unwrap();
+        s.dev.reqbufs(c, q, Memory::Mmap, 0).unwrap();
+    }
+    // S_FMT: a new CtxOpen; the next job is sent, not failed fast
+    let f = s.dev.format(c, Queue::Output).unwrap();
+    s.dev.set_format(c, Queue::Output, f).unwrap();
+    for q in [Queue::Output, Queue::Capture] {
+        s.dev.reqbufs(c, q, Memory::Mmap, 1).unwrap();
+        s.dev.streamon(c, q, now).unwrap();
+    }
+    s.daemon.mode = DaemonMode::Running;
+    qcap(&mut s, c, 0);
+    decode(&mut s, c, 0, 2, 0).unwrap();
+    let d = s.dev.dqbuf(c, Queue::Capture).unwrap();
+    assert_eq!(d.flags & BUF_FLAG_ERROR, 0);
+    assert_eq!(s.dev.stats().fail_fast, 0);
+}
