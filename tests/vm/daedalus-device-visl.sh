@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Guest check: `daedalus decode --device` drives a real V4L2 stateless decoder (visl: the real
-# request/stateless uAPI, test-pattern pictures) through a whole H.264 stream with B-frames:
-# exit 0 (no CAPTURE buffer came back with V4L2_BUF_FLAG_ERROR: daedalus fails on those), one
-# framemd5 line per frame FFmpeg decodes from the same file, and the v4l2r example client decodes
-# it too with one result line per picture. Kernel warnings fail the run (vm/run.sh).
-# Needs host builds: cargo build --release -p daedalus --bin daedalus --example v4l2_decode
+# request/stateless uAPI, test-pattern pictures) through whole H.264 streams: main profile with
+# B-frames (reordering, two IDRs), and an odd-sized baseline stream with 3 slices per picture
+# (frame-based jobs, cropping). For each: exit 0 (no CAPTURE buffer came back with
+# V4L2_BUF_FLAG_ERROR: daedalus fails on those), one framemd5 line per frame FFmpeg decodes from
+# the same file, FFmpeg's dimensions and frame size, media requests reused (no more allocated than
+# OUTPUT buffers), no kernel error or warning line. The v4l2r example client then decodes the
+# first stream with one "ok" line per picture. Kernel oopses/WARNs also fail the run (vm/run.sh).
+# Needs host builds: cargo build --release -p daedalus --bins --example v4l2_decode
 # vm-modprobe: visl
 # vm-timeout: 600
 set -euo pipefail
@@ -25,25 +28,43 @@ echo "visl: $dev"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# 20 frames, main profile with B-frames (reordering), two IDRs.
-ffmpeg -v error -f lavfi -i testsrc2=size=176x144:rate=25 -frames:v 20 \
-    -c:v libx264 -profile:v main -bf 2 -g 12 -pix_fmt yuv420p "$work/in.h264"
-ffmpeg -v error -i "$work/in.h264" -f framemd5 "$work/ref.framemd5"
-want=$(grep -vc '^#' "$work/ref.framemd5")
-[ "$want" -eq 20 ] || { echo "FFmpeg decodes $want frames, expected the 20 encoded"; exit 1; }
+lavfi() { ffmpeg -v error -f lavfi -i "testsrc2=size=$1:rate=25" -frames:v "$2" -pix_fmt yuv420p -c:v libx264 "${@:4}" "$work/$3.h264"; }
+lavfi 176x144 20 bframes -profile:v main -bf 2 -g 12
+lavfi 100x58 12 slices -profile:v baseline -x264-params slices=3
 
-dmesg -c >/dev/null
-status=0
-"$bin" decode "$work/in.h264" --device "$dev" --framemd5 "$work/out.framemd5" 2>"$work/err" || status=$?
-cat "$work/err"
-[ "$status" -eq 0 ] || { echo "daedalus decode --device exited $status"; exit 1; }
-got=$(grep -vc '^#' "$work/out.framemd5")
-echo "daedalus --device $dev: $got framemd5 lines, FFmpeg: $want"
-[ "$got" -eq "$want" ] || { echo "frame count mismatch"; exit 1; }
-if grep -qi 'error\|failed' "$work/err"; then echo "errors reported"; exit 1; fi
+body() { grep -v '^#' "$1"; }
+for s in bframes slices; do
+    in=$work/$s.h264
+    ffmpeg -v error -i "$in" -f framemd5 "$work/$s.ref"
+    want=$(body "$work/$s.ref" | wc -l)
+    [ "$want" -gt 0 ] || { echo "$s: FFmpeg decodes nothing"; exit 1; }
+    dmesg -c >/dev/null
+    status=0
+    RUST_LOG=daedalus::device=info "$bin" decode "$in" --device "$dev" --framemd5 "$work/$s.out" 2>"$work/$s.err" || status=$?
+    cat "$work/$s.err"
+    [ "$status" -eq 0 ] || { echo "$s: daedalus decode --device exited $status"; exit 1; }
+    got=$(body "$work/$s.out" | wc -l)
+    echo "$s: daedalus --device $dev wrote $got framemd5 lines, FFmpeg decodes $want frames"
+    [ "$got" -eq "$want" ] || { echo "$s: frame count mismatch"; exit 1; }
+    # Same picture geometry as FFmpeg: the dimensions header and the size column.
+    # (files, not process substitution: the guest has no /dev/fd)
+    for f in ref out; do
+        { grep '^#dimensions' "$work/$s.$f"; body "$work/$s.$f" | awk -F, '{print $5}'; } >"$work/$s.$f.geom"
+    done
+    cmp -s "$work/$s.ref.geom" "$work/$s.out.geom" ||
+        { echo "$s: dimensions or frame sizes differ from FFmpeg's"; diff "$work/$s.ref.geom" "$work/$s.out.geom" | head; exit 1; }
+    if grep -qiE 'error|failed|WARN' "$work/$s.err"; then echo "$s: errors reported"; exit 1; fi
+    reqs=$(sed -n 's/.* \([0-9]*\) jobs, \([0-9]*\) media requests allocated.*/\1 \2/p' "$work/$s.err")
+    read -r jobs nreq <<<"$reqs"
+    [ "${jobs:-0}" -eq "$want" ] && [ "${nreq:-99}" -le 4 ] ||
+        { echo "$s: jobs/requests '$reqs' (want $want jobs, <= 4 requests)"; exit 1; }
+    klog=$(dmesg --level=emerg,alert,crit,err,warn)
+    [ -z "$klog" ] || { echo "$s: kernel log: $klog"; exit 1; }
+done
 
-"$example" "$dev" "$work/in.h264" >"$work/ex.out" 2>&1 || { cat "$work/ex.out"; echo "example failed"; exit 1; }
+"$example" "$dev" "$work/bframes.h264" >"$work/ex.out" 2>&1 || { cat "$work/ex.out"; echo "example failed"; exit 1; }
 cat "$work/ex.out"
+want=$(body "$work/bframes.ref" | wc -l)
 ok=$(grep -c '^frame .* ok$' "$work/ex.out" || true)
 [ "$ok" -eq "$want" ] || { echo "example: $ok ok frames, expected $want"; exit 1; }
 echo "daedalus-device-visl: OK"

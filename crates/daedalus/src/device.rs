@@ -76,6 +76,9 @@ pub struct V4l2Device {
     cap_fmt: PixFormat,
     codec: Codec,
     hold_supported: bool,
+    /// Jobs submitted and media requests allocated (requests are reused).
+    jobs: u64,
+    requests_allocated: u64,
     video_path: PathBuf,
     media: File,
     video: File,
@@ -390,6 +393,8 @@ impl V4l2Device {
             cap_fmt,
             codec,
             hold_supported,
+            jobs: 0,
+            requests_allocated: 0,
             video_path: path.to_owned(),
             media,
             video,
@@ -435,7 +440,10 @@ impl V4l2Device {
         if let Some(r) = self.pool.pop() {
             return Ok(r);
         }
-        Request::alloc(&self.media).map_err(|e| errno_of("MEDIA_IOC_REQUEST_ALLOC", e))
+        let r =
+            Request::alloc(&self.media).map_err(|e| errno_of("MEDIA_IOC_REQUEST_ALLOC", e))?;
+        self.requests_allocated += 1;
+        Ok(r)
     }
 
     /// Returns a request to the pool once the kernel has completed it.
@@ -560,6 +568,7 @@ impl Frontend for V4l2Device {
             Ok(()) => {
                 self.free_out.pop();
                 self.in_flight.insert(index, req);
+                self.jobs += 1;
                 Ok(())
             }
             Err(e) => {
@@ -645,6 +654,12 @@ impl Drop for V4l2Device {
         for q in [CAP_Q, OUT_Q] {
             let _ = vio::streamoff(&self.video, q);
         }
+        tracing::info!(
+            "{}: {} jobs, {} media requests allocated",
+            self.video_path.display(),
+            self.jobs,
+            self.requests_allocated
+        );
     }
 }
 
