@@ -440,8 +440,7 @@ impl V4l2Device {
         if let Some(r) = self.pool.pop() {
             return Ok(r);
         }
-        let r =
-            Request::alloc(&self.media).map_err(|e| errno_of("MEDIA_IOC_REQUEST_ALLOC", e))?;
+        let r = Request::alloc(&self.media).map_err(|e| errno_of("MEDIA_IOC_REQUEST_ALLOC", e))?;
         self.requests_allocated += 1;
         Ok(r)
     }
