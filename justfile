@@ -17,7 +17,7 @@ decode INPUT *ARGS: build
     target/release/daedalus decode {{INPUT}} {{ARGS}}
 
 # Lints: rustfmt, clippy with warnings denied, rustdoc with warnings denied.
-lint:
+lint: uapi
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
@@ -35,7 +35,11 @@ test-native: uapi
     cargo test -q --release -p decoder-core --test scenarios -- --nocapture 2>&1 | grep -E '^scenario|scenarios,|test result'
 
 # Every test: lints, native suites, then the VM suites.
-test: lint test-native test-corpus test-vm
+test: lint test-native test-corpus build-all test-vm
+
+# Release binaries and examples the VM suites run.
+build-all: uapi
+    cargo build --release --workspace --bins --examples
 
 # Fuzz each cargo-fuzz target for SECONDS (nightly if installed, else stable with RUSTC_BOOTSTRAP).
 fuzz SECONDS="30":
