@@ -6,7 +6,7 @@ mod frontend;
 mod output;
 mod shm;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use daedalus_client::{DisplayQueue, Job, PictureInfo, StreamParser};
+use daedalus_client::{
+    DisplayQueue, FrameEvent, FrameStreamParser, Job, PictureInfo, StreamParser,
+};
 use decoder_core::fmt;
 
 use crate::device::V4l2Device;
@@ -37,7 +39,7 @@ struct Cli {
 enum Cmd {
     /// Decode INPUT and write the pictures in display order.
     Decode {
-        /// Annex-B H.264 (.h264/.264/.avc), or IVF (.ivf).
+        /// Annex-B H.264 (.h264/.264/.avc) or HEVC (.hevc/.265), or IVF (.ivf: VP8, VP9, AV1).
         input: PathBuf,
         /// Raw NV12 (P010 for 10-bit) output, visible area only.
         #[arg(short = 'o', long)]
@@ -84,23 +86,85 @@ fn main() {
     }
 }
 
-/// Picks a parser from the file name.
-fn open_parser(input: &Path) -> Result<Box<dyn StreamParser>> {
+/// A coded stream: reordering codecs (H.264, HEVC) yield jobs and display
+/// through a bumping queue; frame codecs (VP8, VP9, AV1) yield events in
+/// display order, with hidden frames and show-existing frames.
+enum Source {
+    Reorder(Box<dyn StreamParser>),
+    Frames(Box<dyn FrameStreamParser>),
+}
+
+/// What the decode loop does next.
+enum Step {
+    Decode(Box<Job>, Display),
+    ShowExisting(u64),
+}
+
+/// When a decoded picture is displayed.
+enum Display {
+    Reorder,
+    Now,
+    Hidden,
+}
+
+impl Source {
+    fn next(&mut self) -> Result<Option<Step>, daedalus_client::ClientError> {
+        Ok(match self {
+            Source::Reorder(p) => p
+                .next_job()?
+                .map(|j| Step::Decode(Box::new(j), Display::Reorder)),
+            Source::Frames(p) => p.next_event()?.map(|e| match e {
+                FrameEvent::Decode { job, shown } => {
+                    Step::Decode(job, if shown { Display::Now } else { Display::Hidden })
+                }
+                FrameEvent::ShowExisting { timestamp, .. } => Step::ShowExisting(timestamp),
+            }),
+        })
+    }
+}
+
+/// Picks a parser from the file name (and an IVF file's fourcc).
+fn open_source(input: &Path) -> Result<Source> {
     let ext = input
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
+    let read = || std::fs::read(input).with_context(|| format!("reading {}", input.display()));
     Ok(match ext.as_str() {
-        "h264" | "264" | "avc" | "jsv" => Box::new(
+        "h264" | "264" | "avc" | "jsv" => Source::Reorder(Box::new(
             daedalus_client::h264::H264Parser::from_file(
                 input,
                 daedalus_client::h264::Packing::PicturePerJob,
             )
             .with_context(|| format!("reading {}", input.display()))?,
-        ),
+        )),
+        "hevc" | "265" | "h265" => Source::Reorder(Box::new(
+            daedalus_client::hevc::HevcParser::from_file(
+                input,
+                daedalus_client::hevc::Packing::PicturePerJob,
+            )
+            .with_context(|| format!("reading {}", input.display()))?,
+        )),
+        "ivf" => {
+            let data = read()?;
+            let fourcc = data.get(8..12).unwrap_or_default();
+            match fourcc {
+                b"VP80" => Source::Frames(Box::new(daedalus_client::vp8::Vp8Parser::new(data)?)),
+                b"VP90" => Source::Frames(Box::new(daedalus_client::vp9::Vp9Parser::new(data)?)),
+                b"AV01" => Source::Frames(Box::new(daedalus_client::av1::Av1Parser::new(
+                    data,
+                    daedalus_client::av1::Av1Options::default(),
+                )?)),
+                other => bail!(
+                    "{}: IVF with unsupported fourcc {:?}",
+                    input.display(),
+                    String::from_utf8_lossy(other)
+                ),
+            }
+        }
         other => bail!(
-            "{}: unsupported input type {other:?} (supported: .h264)",
+            "{}: unsupported input type {other:?} (supported: .h264, .hevc, .ivf with VP8/VP9/AV1)",
             input.display()
         ),
     })
@@ -112,6 +176,120 @@ struct Sink {
     frames: u64,
 }
 
+/// Display bookkeeping and CAPTURE buffer recycling of one decode.
+struct Player {
+    /// Geometry of every picture by timestamp.
+    infos: BTreeMap<u64, PictureInfo>,
+    /// Reordering codecs: pictures waiting for their display turn.
+    reorder: DisplayQueue<u32>,
+    /// Timestamps in `reorder`.
+    in_reorder: HashSet<u64>,
+    /// Frame codecs: timestamps to display, in order.
+    pending: VecDeque<u64>,
+    /// Decoded pictures held out of the CAPTURE queue, by timestamp.
+    held: BTreeMap<u64, (u32, bool)>,
+    /// Decode order of held pictures (the most recent are kept for
+    /// show-existing frames and reference slots).
+    recent: VecDeque<u64>,
+    keep_recent: usize,
+    /// References of the latest job.
+    refs: HashSet<u64>,
+    errors: u64,
+}
+
+impl Player {
+    fn picture_done(&mut self, f: &mut dyn Frontend, sink: &mut Sink, p: Picture) -> Result<()> {
+        if p.error {
+            self.errors += 1;
+            tracing::warn!("picture {} failed", p.timestamp);
+        }
+        if let Some((old, _)) = self.held.insert(p.timestamp, (p.index, p.error)) {
+            if old != p.index {
+                f.queue_capture(old)?;
+            }
+        }
+        self.recent.push_back(p.timestamp);
+        if let Some(info) = self.infos.get(&p.timestamp).copied() {
+            if self.pending.is_empty() && self.reorder_mode() {
+                self.in_reorder.insert(p.timestamp);
+                for (ts, _) in self.reorder.push(p.timestamp, &info, p.index) {
+                    self.in_reorder.remove(&ts);
+                    self.emit(f, sink, ts)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reorder_mode(&self) -> bool {
+        self.keep_recent == 0
+    }
+
+    /// Frame codecs: display what is due and decoded.
+    fn display_due(&mut self, f: &mut dyn Frontend, sink: &mut Sink) -> Result<()> {
+        while let Some(&ts) = self.pending.front() {
+            if !self.held.contains_key(&ts) {
+                break;
+            }
+            self.pending.pop_front();
+            self.emit(f, sink, ts)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, f: &mut dyn Frontend, sink: &mut Sink, ts: u64) -> Result<()> {
+        let Some(&(idx, error)) = self.held.get(&ts) else {
+            bail!("picture {ts} to display is not held");
+        };
+        if error {
+            return Ok(());
+        }
+        sink.frames += 1;
+        if sink.yuv.is_none() && sink.md5.is_none() {
+            return Ok(());
+        }
+        let fmt = f.capture_format();
+        let planes = f.capture_planes(idx);
+        let visible = self
+            .infos
+            .get(&ts)
+            .map_or((0, 0, fmt.width, fmt.height), |i| i.visible);
+        let packed = pack_visible(&fmt, &planes, visible);
+        if let Some(y) = sink.yuv.as_mut() {
+            y.write_all(&packed)?;
+        }
+        if let Some(m) = sink.md5.as_mut() {
+            m.frame(&packed)?;
+        }
+        Ok(())
+    }
+
+    /// Requeues held pictures nobody needs any more.
+    fn recycle(&mut self, f: &mut dyn Frontend) -> Result<()> {
+        while self.recent.len() > self.keep_recent {
+            self.recent.pop_front();
+        }
+        let waiting: HashSet<u64> = self.pending.iter().copied().collect();
+        let free: Vec<u64> = self
+            .held
+            .keys()
+            .copied()
+            .filter(|ts| {
+                !waiting.contains(ts)
+                    && !self.refs.contains(ts)
+                    && !self.recent.contains(ts)
+                    && !self.in_reorder.contains(ts)
+            })
+            .collect();
+        for ts in free {
+            if let Some((idx, _)) = self.held.remove(&ts) {
+                f.queue_capture(idx)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn decode(
     input: &Path,
     output: Option<&Path>,
@@ -119,12 +297,15 @@ fn decode(
     device: Option<&Path>,
     threads: usize,
 ) -> Result<()> {
-    let mut parser = open_parser(input)?;
-    let Some(first) = parser
-        .next_job()
-        .with_context(|| format!("parsing {}", input.display()))?
-    else {
-        bail!("{}: no picture in the stream", input.display());
+    let mut source = open_source(input)?;
+    let parse_err = || format!("parsing {}", input.display());
+    let mut next = source.next().with_context(parse_err)?;
+    let first = loop {
+        match &next {
+            Some(Step::Decode(job, _)) => break job.clone(),
+            Some(Step::ShowExisting(_)) => next = source.next().with_context(parse_err)?,
+            None => bail!("{}: no picture in the stream", input.display()),
+        }
     };
     let (cw, ch) = first.picture.coded;
     let mut emb: Box<dyn Frontend> = match device {
@@ -168,88 +349,92 @@ fn decode(
     for i in 0..emb.capture_count() {
         emb.queue_capture(i)?;
     }
+    let mut player = Player {
+        infos: BTreeMap::new(),
+        reorder: DisplayQueue::new(),
+        in_reorder: HashSet::new(),
+        pending: VecDeque::new(),
+        held: BTreeMap::new(),
+        recent: VecDeque::new(),
+        keep_recent: match source {
+            Source::Reorder(_) => 0,
+            // 8 reference slots and the current picture
+            Source::Frames(_) => 9,
+        },
+        refs: HashSet::new(),
+        errors: 0,
+    };
     let progress = std::io::stderr().is_terminal();
     let start = Instant::now();
-    let mut infos: BTreeMap<u64, PictureInfo> = BTreeMap::new();
-    let mut display: DisplayQueue<u32> = DisplayQueue::new();
-    let mut shown_unqueued: Vec<(u32, u64)> = Vec::new();
-    let mut refs: HashSet<u64> = HashSet::new();
-    let mut errors = 0u64;
-    let mut next = Some(first);
     let mut last_progress = Instant::now();
-    while let Some(job) = next.take() {
-        infos.insert(job.timestamp, job.picture);
-        let mut waited = Duration::ZERO;
-        while !emb.can_submit() {
-            let pics = emb.poll(Duration::from_millis(50))?;
-            if pics.is_empty() {
-                waited += Duration::from_millis(50);
-                if waited > Duration::from_secs(60) {
-                    bail!("no progress for 60 s: the daemon is stuck");
-                }
-            }
-            handle(
-                emb.as_mut(),
-                pics,
-                &infos,
-                &mut display,
-                &mut shown_unqueued,
-                &refs,
-                &mut sink,
-                &mut errors,
-            )?;
+    let poll = |emb: &mut Box<dyn Frontend>,
+                player: &mut Player,
+                sink: &mut Sink,
+                t: Duration|
+     -> Result<bool> {
+        let pics = emb.poll(t)?;
+        let any = !pics.is_empty();
+        for p in pics {
+            player.picture_done(emb.as_mut(), sink, p)?;
         }
-        refs = reference_set(&job);
-        requeue(emb.as_mut(), &mut shown_unqueued, &refs)?;
-        emb.submit(
-            &job.controls,
-            &job.bitstream,
-            job.timestamp,
-            job.flags.more_slices,
-        )?;
-        let pics = emb.poll(Duration::ZERO)?;
-        handle(
-            emb.as_mut(),
-            pics,
-            &infos,
-            &mut display,
-            &mut shown_unqueued,
-            &refs,
-            &mut sink,
-            &mut errors,
-        )?;
+        player.display_due(emb.as_mut(), sink)?;
+        player.recycle(emb.as_mut())?;
+        Ok(any)
+    };
+    while let Some(step) = next.take() {
+        match step {
+            Step::ShowExisting(ts) => player.pending.push_back(ts),
+            Step::Decode(job, display) => {
+                player.infos.insert(job.timestamp, job.picture);
+                match display {
+                    Display::Now => player.pending.push_back(job.timestamp),
+                    Display::Hidden | Display::Reorder => {}
+                }
+                let mut idle = Duration::ZERO;
+                while !emb.can_submit() {
+                    if !poll(&mut emb, &mut player, &mut sink, Duration::from_millis(50))? {
+                        idle += Duration::from_millis(50);
+                        if idle > Duration::from_secs(60) {
+                            bail!("no progress for 60 s: the daemon is stuck");
+                        }
+                    }
+                }
+                player.refs = reference_set(&job);
+                player.recycle(emb.as_mut())?;
+                emb.submit(
+                    &job.controls,
+                    &job.bitstream,
+                    job.timestamp,
+                    job.flags.more_slices,
+                )?;
+            }
+        }
+        poll(&mut emb, &mut player, &mut sink, Duration::ZERO)?;
         if progress && last_progress.elapsed() > Duration::from_millis(200) {
             last_progress = Instant::now();
             let fps = sink.frames as f64 / start.elapsed().as_secs_f64().max(1e-9);
             eprint!("\r{} frames, {:.1} fps", sink.frames, fps);
         }
-        next = parser
-            .next_job()
-            .with_context(|| format!("parsing {}", input.display()))?;
+        next = source.next().with_context(parse_err)?;
     }
     emb.flush()?;
-    let mut waited = Duration::ZERO;
-    while emb.outputs_in_flight() > 0 {
-        let pics = emb.poll(Duration::from_millis(50))?;
-        if pics.is_empty() {
-            waited += Duration::from_millis(50);
-            if waited > Duration::from_secs(60) {
+    let mut idle = Duration::ZERO;
+    while emb.outputs_in_flight() > 0 || !player.pending.is_empty() {
+        if !poll(&mut emb, &mut player, &mut sink, Duration::from_millis(50))? {
+            idle += Duration::from_millis(50);
+            if idle > Duration::from_secs(60) {
                 bail!("no progress for 60 s: the daemon is stuck");
             }
+            if emb.outputs_in_flight() == 0 {
+                bail!(
+                    "{} pictures to display were never decoded",
+                    player.pending.len()
+                );
+            }
         }
-        handle(
-            emb.as_mut(),
-            pics,
-            &infos,
-            &mut display,
-            &mut shown_unqueued,
-            &refs,
-            &mut sink,
-            &mut errors,
-        )?;
     }
-    for (ts, idx) in display.drain() {
-        emit(emb.as_ref(), idx, ts, &infos, &mut sink)?;
+    for (ts, _) in player.reorder.drain() {
+        player.emit(emb.as_mut(), &mut sink, ts)?;
     }
     if let Some(m) = sink.md5.take() {
         m.finish()?;
@@ -261,6 +446,7 @@ fn decode(
     if progress {
         eprint!("\r");
     }
+    let errors = player.errors;
     eprintln!(
         "{} frames in {:.2} s, {:.1} fps{}",
         sink.frames,
@@ -283,73 +469,4 @@ fn reference_set(job: &Job) -> HashSet<u64> {
     let mut v = Vec::new();
     (job.codec.desc().reference_timestamps)(&job.controls, &mut v);
     v.into_iter().collect()
-}
-
-/// Requeues displayed CAPTURE buffers no longer referenced.
-fn requeue(emb: &mut dyn Frontend, shown: &mut Vec<(u32, u64)>, refs: &HashSet<u64>) -> Result<()> {
-    let mut keep = Vec::new();
-    for (idx, ts) in shown.drain(..) {
-        if refs.contains(&ts) {
-            keep.push((idx, ts));
-        } else {
-            emb.queue_capture(idx)?;
-        }
-    }
-    *shown = keep;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn handle(
-    emb: &mut dyn Frontend,
-    pics: Vec<Picture>,
-    infos: &BTreeMap<u64, PictureInfo>,
-    display: &mut DisplayQueue<u32>,
-    shown: &mut Vec<(u32, u64)>,
-    refs: &HashSet<u64>,
-    sink: &mut Sink,
-    errors: &mut u64,
-) -> Result<()> {
-    for p in pics {
-        if p.error {
-            *errors += 1;
-            tracing::warn!("picture {} failed", p.timestamp);
-            shown.push((p.index, p.timestamp));
-            continue;
-        }
-        let Some(info) = infos.get(&p.timestamp) else {
-            bail!("the device returned an unknown timestamp {}", p.timestamp);
-        };
-        for (ts, idx) in display.push(p.timestamp, info, p.index) {
-            emit(emb, idx, ts, infos, sink)?;
-            shown.push((idx, ts));
-        }
-    }
-    requeue(emb, shown, refs)
-}
-
-fn emit(
-    emb: &dyn Frontend,
-    idx: u32,
-    ts: u64,
-    infos: &BTreeMap<u64, PictureInfo>,
-    sink: &mut Sink,
-) -> Result<()> {
-    sink.frames += 1;
-    if sink.yuv.is_none() && sink.md5.is_none() {
-        return Ok(());
-    }
-    let f = emb.capture_format();
-    let planes = emb.capture_planes(idx);
-    let visible = infos
-        .get(&ts)
-        .map_or((0, 0, f.width, f.height), |i| i.visible);
-    let packed = pack_visible(&f, &planes, visible);
-    if let Some(y) = sink.yuv.as_mut() {
-        y.write_all(&packed)?;
-    }
-    if let Some(m) = sink.md5.as_mut() {
-        m.frame(&packed)?;
-    }
-    Ok(())
 }
