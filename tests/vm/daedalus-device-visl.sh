@@ -7,7 +7,8 @@
 # the same file, FFmpeg's dimensions and frame size, media requests reused (no more allocated than
 # OUTPUT buffers), no kernel error or warning line. The v4l2r example client then decodes the
 # first stream with one "ok" line per picture. Kernel oopses/WARNs also fail the run (vm/run.sh).
-# Needs host builds: cargo build --release -p daedalus --bins --example v4l2_decode
+# Needs host builds: cargo build --release -p daedalus --bins --example v4l2_decode and
+# cargo test --release -p daedalus --bin daedalus --no-run
 # vm-modprobe: visl
 # vm-timeout: 600
 set -euo pipefail
@@ -61,6 +62,22 @@ for s in bframes slices; do
     klog=$(dmesg --level=emerg,alert,crit,err,warn)
     [ -z "$klog" ] || { echo "$s: kernel log: $klog"; exit 1; }
 done
+
+# Every codec daedalus parses, through V4l2Device directly (device.rs's ignored unit test):
+# visl validates each control payload with the kernel's own checks (std_validate_compound),
+# so a layout or value the kernel refuses fails here. bframes.h264 again with one slice per job
+# (V4L2_BUF_FLAG_M2M_HOLD_CAPTURE_BUF, then DECODER_CMD flush).
+ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libvpx -f ivf "$work/vp8.ivf"
+ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libvpx-vp9 -deadline realtime -f ivf "$work/vp9.ivf"
+ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libaom-av1 -cpu-used 8 -f ivf "$work/av1.ivf"
+ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -pix_fmt yuv420p -c:v libx265 -x265-params log-level=error "$work/hevc.hevc"
+unit=$(ls -t "$target"/release/deps/daedalus-* | grep -v '\.d$' | head -1)
+[ -x "$unit" ] || { echo "no unit test binary: cargo test --release -p daedalus --bin daedalus --no-run"; exit 1; }
+dmesg -c >/dev/null
+DAEDALUS_DEVICE=$dev DAEDALUS_DEVICE_STREAMS="$work/bframes.h264:slices $work/slices.h264:slices $work/hevc.hevc $work/vp8.ivf $work/vp9.ivf $work/av1.ivf" \
+    "$unit" --ignored --exact device::tests::decodes_streams_on_a_real_device --nocapture
+klog=$(dmesg --level=emerg,alert,crit,err,warn)
+[ -z "$klog" ] || { echo "codecs: kernel log: $klog"; exit 1; }
 
 "$example" "$dev" "$work/bframes.h264" >"$work/ex.out" 2>&1 || { cat "$work/ex.out"; echo "example failed"; exit 1; }
 cat "$work/ex.out"

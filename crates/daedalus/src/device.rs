@@ -680,6 +680,116 @@ mod tests {
         assert_eq!(std::mem::size_of::<MediaDeviceInfo>(), 256);
     }
 
+    /// Parser for a stream file: `.h264` (`:slices` after the name for one
+    /// slice per job, held CAPTURE buffers), `.hevc`, `.ivf` (VP8/VP9/AV1).
+    fn parser_for(spec: &str) -> Box<dyn daedalus_client::StreamParser> {
+        use daedalus_client::h264::Packing;
+        let (path, slices) = match spec.strip_suffix(":slices") {
+            Some(p) => (p, true),
+            None => (spec, false),
+        };
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let packing = if slices {
+            Packing::SlicePerJob { annex_b: true }
+        } else {
+            Packing::PicturePerJob
+        };
+        match Path::new(path).extension().and_then(|e| e.to_str()) {
+            Some("h264") => Box::new(daedalus_client::h264::H264Parser::new(data, packing)),
+            Some("hevc") => Box::new(daedalus_client::hevc::HevcParser::new(data, packing)),
+            Some("ivf") => match &data[8..12] {
+                b"VP80" => Box::new(daedalus_client::vp8::Vp8Parser::new(data).unwrap()),
+                b"VP90" => Box::new(daedalus_client::vp9::Vp9Parser::new(data).unwrap()),
+                b"AV01" => Box::new(
+                    daedalus_client::av1::Av1Parser::new(data, Default::default()).unwrap(),
+                ),
+                f => panic!("{path}: IVF fourcc {f:?}"),
+            },
+            _ => panic!("{path}: unknown stream type"),
+        }
+    }
+
+    /// Every job of each stream through a real device: no request, control
+    /// or buffer is refused, one CAPTURE buffer per picture comes back,
+    /// none with ERROR. Run in the VM against visl by
+    /// tests/vm/daedalus-device-visl.sh.
+    #[test]
+    #[ignore = "needs DAEDALUS_DEVICE=/dev/videoN and DAEDALUS_DEVICE_STREAMS=\"FILE...\""]
+    fn decodes_streams_on_a_real_device() {
+        let dev = std::env::var("DAEDALUS_DEVICE").expect("DAEDALUS_DEVICE");
+        let streams = std::env::var("DAEDALUS_DEVICE_STREAMS").expect("DAEDALUS_DEVICE_STREAMS");
+        for spec in streams.split_whitespace() {
+            let mut parser = parser_for(spec);
+            let mut jobs = Vec::new();
+            while let Some(j) = parser.next_job().unwrap() {
+                jobs.push(j);
+            }
+            assert!(!jobs.is_empty(), "{spec}: no job");
+            let first = &jobs[0];
+            let mut d = V4l2Device::open(
+                Path::new(&dev),
+                fmt::fourcc_of(first.codec),
+                first.picture.coded.0,
+                first.picture.coded.1,
+                first.picture.bit_depth > 8,
+            )
+            .unwrap_or_else(|e| panic!("{spec}: {e:#}"));
+            for i in 0..d.capture_count() {
+                d.queue_capture(i).unwrap();
+            }
+            let mut held: Vec<(u32, u64)> = Vec::new();
+            let (mut pictures, mut errors) = (0usize, 0usize);
+            let mut take = |pics: Vec<Picture>, held: &mut Vec<(u32, u64)>| {
+                for p in pics {
+                    pictures += 1;
+                    errors += usize::from(p.error);
+                    held.push((p.index, p.timestamp));
+                }
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            for job in &jobs {
+                while !d.can_submit() {
+                    assert!(std::time::Instant::now() < deadline, "{spec}: stuck");
+                    take(d.poll(Duration::from_millis(50)).unwrap(), &mut held);
+                }
+                let mut refs = Vec::new();
+                (job.codec.desc().reference_timestamps)(&job.controls, &mut refs);
+                let mut keep = Vec::new();
+                for (i, ts) in held.drain(..) {
+                    if refs.contains(&ts) {
+                        keep.push((i, ts));
+                    } else {
+                        d.queue_capture(i).unwrap();
+                    }
+                }
+                held = keep;
+                d.submit(
+                    &job.controls,
+                    &job.bitstream,
+                    job.timestamp,
+                    job.flags.more_slices,
+                )
+                .unwrap_or_else(|e| panic!("{spec}: job {}: {e:#}", job.timestamp));
+                take(d.poll(Duration::ZERO).unwrap(), &mut held);
+            }
+            d.flush().unwrap();
+            while d.outputs_in_flight() > 0 {
+                assert!(std::time::Instant::now() < deadline, "{spec}: stuck");
+                take(d.poll(Duration::from_millis(50)).unwrap(), &mut held);
+            }
+            take(d.poll(Duration::from_millis(50)).unwrap(), &mut held);
+            let want = jobs.iter().filter(|j| !j.flags.more_slices).count();
+            eprintln!(
+                "{spec}: {:?} {} jobs, {pictures} pictures, {errors} with ERROR, {} requests",
+                first.codec,
+                jobs.len(),
+                d.requests_allocated
+            );
+            assert_eq!(pictures, want, "{spec}: pictures");
+            assert_eq!(errors, 0, "{spec}: pictures with ERROR");
+        }
+    }
+
     #[test]
     fn opening_a_non_device_fails_with_the_ioctl_name() {
         let e = V4l2Device::open(
