@@ -827,7 +827,9 @@ fn new_formats_lift_a_daemon_refusal() {
     s.daemon.mode = DaemonMode::Stopped;
     qcap(&mut s, c, 0);
     decode(&mut s, c, 0, 1, 0).unwrap();
-    s.dev.daemon_receive(&Message::CtxStatus(st).to_bytes(0), now).unwrap();
+    s.dev
+        .daemon_receive(&Message::CtxStatus(st).to_bytes(0), now)
+        .unwrap();
     s.daemon_answer_one(false);
     s.dev.dqbuf(c, Queue::Capture).unwrap();
     s.dev.dqbuf(c, Queue::Output).unwrap();
