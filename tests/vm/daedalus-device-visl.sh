@@ -71,8 +71,13 @@ ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libvpx
 ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libvpx-vp9 -deadline realtime -f ivf "$work/vp9.ivf"
 ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libaom-av1 -cpu-used 8 -f ivf "$work/av1.ivf"
 ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -pix_fmt yuv420p -c:v libx265 -x265-params log-level=error "$work/hevc.hevc"
-unit=$(ls -t "$target"/release/deps/daedalus-* | grep -v '\.d$' | head -1)
-[ -x "$unit" ] || { echo "no unit test binary: cargo test --release -p daedalus --bin daedalus --no-run"; exit 1; }
+# deps/ also holds the CLI itself under a daedalus-HASH name: take the newest that lists the test.
+unit=
+for f in $(ls -t "$target"/release/deps/daedalus-*); do
+    [ -x "$f" ] && [ "${f%.d}" = "$f" ] || continue
+    if "$f" --list 2>/dev/null | grep -q '^device::tests::decodes_streams_on_a_real_device:'; then unit=$f; break; fi
+done
+[ -n "$unit" ] || { echo "no unit test binary: cargo test --release -p daedalus --bin daedalus --no-run"; exit 1; }
 dmesg -c >/dev/null
 DAEDALUS_DEVICE=$dev DAEDALUS_DEVICE_STREAMS="$work/bframes.h264:slices $work/slices.h264:slices $work/hevc.hevc $work/vp8.ivf $work/vp9.ivf $work/av1.ivf" \
     "$unit" --ignored --exact device::tests::decodes_streams_on_a_real_device --nocapture
