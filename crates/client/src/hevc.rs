@@ -21,7 +21,7 @@
 //! * `SCALING_MATRIX` lists are in raster order (the parser's coding-order
 //!   lists are converted), DC values included.
 //!
-//! Limits: 8- and 10-bit 4:2:0 / 4:0:0, one
+//! Limits: at most 32 entry points per slice (cros-codecs' parser), 8- and 10-bit 4:2:0 / 4:0:0, one
 //! layer; RASL pictures of a CRA picture that starts decoding are skipped,
 //! as the specification requires.
 
@@ -491,7 +491,19 @@ impl HevcParser {
         }
         if raw_type <= 21 && !(10..16).contains(&raw_type) {
             let temporal_id_plus1 = parsed.header.nuh_temporal_id_plus1;
-            let mut slice = self.parser.parse_slice_header(parsed).map_err(bs)?;
+            // cros-codecs indexes a fixed 32-entry array with the coded
+            // entry point count: a slice with more entry points panics
+            // there, which becomes an error here.
+            let parser = &mut self.parser;
+            let mut slice = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                parser.parse_slice_header(parsed)
+            }))
+            .map_err(|_| {
+                ClientError::Unsupported(
+                    "slice header the parser cannot handle (more than 32 entry points?)".into(),
+                )
+            })?
+            .map_err(bs)?;
             if slice.header.dependent_slice_segment_flag {
                 let prev = self
                     .last_independent

@@ -52,7 +52,15 @@ fn encode(
             "lavfi",
             "-i",
         ])
-        .arg(format!("testsrc2=size={}x{}:rate=25", size.0, size.1))
+        .arg(if name.starts_with("speed") {
+            // Camera-like noise: a realistic decoding load.
+            format!(
+                "testsrc2=size={}x{}:rate=25,noise=alls=14:allf=t",
+                size.0, size.1
+            )
+        } else {
+            format!("testsrc2=size={}x{}:rate=25", size.0, size.1)
+        })
         .args([
             "-frames:v",
             &frames.to_string(),
@@ -466,5 +474,95 @@ fn hevc_corruption_and_missing_reference_recover_at_next_irap() {
         }
     }
     assert!(rasl_errors > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Decoding speed of the client + backend (parsing, controls, rebuilt
+/// headers, NV12 copy) against libavcodec decoding the same 1080p stream
+/// directly with one thread, in the same process (run with
+/// `--release -- --ignored`).
+#[test]
+#[ignore = "timing; run in release mode"]
+fn hevc_speed_vs_ffmpeg() {
+    daedalus_daemon::backend::ffmpeg::quiet_library_logs();
+    let dir = tmpdir("speed");
+    let frames = 90;
+    let file = encode(
+        &dir,
+        "speed_1080p",
+        (1920, 1080),
+        frames,
+        false,
+        &[
+            "--preset",
+            "ultrafast",
+            "--ctu",
+            "64",
+            "--bframes",
+            "3",
+            "--keyint",
+            "30",
+        ],
+    );
+    // CPU time of this thread (ns on CPU from schedstat): the machine may
+    // be shared, wall-clock time would measure the other load.
+    let cpu = || -> f64 {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        s.split_whitespace().next().unwrap().parse::<f64>().unwrap() / 1e9
+    };
+    let best = |f: &mut dyn FnMut()| {
+        (0..5)
+            .map(|_| {
+                let t = cpu();
+                f();
+                cpu() - t
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let data = std::fs::read(&file).unwrap();
+    let direct = best(&mut || {
+        let n = daedalus_daemon::backend::ffmpeg::plain_decode(Codec::Hevc, &data).unwrap();
+        assert_eq!(n, frames as usize);
+    });
+    let mut buf = Vec::new();
+    let ours = best(&mut || {
+        let mut parser = HevcParser::from_file(&file, PER_PIC).unwrap();
+        let mut backend = FfmpegHevc::new().unwrap();
+        let mut refs = Vec::new();
+        let mut n = 0;
+        while let Some(job) = parser.next_job().unwrap() {
+            let (w, h) = job.picture.coded;
+            buf.resize(w as usize * h as usize * 3 / 2, 0);
+            let mut out =
+                CaptureTarget::contiguous(CaptureFormat::Nv12, w, h, w as usize, &mut buf).unwrap();
+            refs.clear();
+            (Codec::Hevc.desc().reference_timestamps)(&job.controls, &mut refs);
+            let input = JobInput {
+                codec: Codec::Hevc,
+                controls: &job.controls,
+                bitstream: &job.bitstream,
+                timestamp: job.timestamp,
+                flags: JobFlags::default(),
+                references: &refs,
+            };
+            backend.decode(&input, &mut out).unwrap();
+            n += 1;
+        }
+        assert_eq!(n, frames as usize);
+    });
+    let parse = best(&mut || {
+        let mut parser = HevcParser::from_file(&file, PER_PIC).unwrap();
+        while parser.next_job().unwrap().is_some() {}
+    });
+    eprintln!(
+        "  of which client parsing: {:.2} ms/frame",
+        parse * 1e3 / f64::from(frames)
+    );
+    eprintln!(
+        "HEVC 1080p x{frames}: plain libavcodec (1 thread) {:.1} fps, client+backend {:.1} fps, ratio {:.3}",
+        f64::from(frames) / direct,
+        f64::from(frames) / ours,
+        direct / ours
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

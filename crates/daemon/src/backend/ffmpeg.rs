@@ -1373,6 +1373,101 @@ impl Backend for FfmpegHevc {
     }
 }
 
+/// Decodes an Annex B H.264 or HEVC elementary stream with libavcodec
+/// directly (its own parser, one decoding thread, default allocator, no
+/// copy) and returns the number of pictures output: the baseline the
+/// V4L2 stack's speed is compared with.
+pub fn plain_decode(codec: Codec, data: &[u8]) -> Result<usize, DecodeError> {
+    let id = match codec {
+        Codec::H264 => ff::AVCodecID::AV_CODEC_ID_H264,
+        Codec::Hevc => ff::AVCodecID::AV_CODEC_ID_HEVC,
+        other => {
+            return Err(DecodeError::Unsupported(format!(
+                "plain decode of {other:?}"
+            )))
+        }
+    };
+    let err = |m: &str| DecodeError::Internal(format!("libavcodec: {m}"));
+    let s = Session::new(id)?;
+    // SAFETY: `ctx` is open; restoring the default allocator before any
+    // packet is sent is allowed (the slot simply stays unused).
+    unsafe { (*s.ctx).get_buffer2 = Some(ff::avcodec_default_get_buffer2) };
+    // SAFETY: plain parser allocation for a known codec id; null checked.
+    let parser = unsafe { ff::av_parser_init(id as c_int) };
+    if parser.is_null() {
+        return Err(err("no parser"));
+    }
+    let mut padded = Vec::with_capacity(data.len() + ff::AV_INPUT_BUFFER_PADDING_SIZE as usize);
+    padded.extend_from_slice(data);
+    padded.resize(data.len() + ff::AV_INPUT_BUFFER_PADDING_SIZE as usize, 0);
+    let mut frames = 0;
+    let mut pos = 0usize;
+    let mut result = Ok(());
+    loop {
+        let flushing = pos >= data.len();
+        let chunk = (data.len() - pos).min(1 << 16);
+        let mut out: *mut u8 = ptr::null_mut();
+        let mut out_size: c_int = 0;
+        // SAFETY: `parser` and `ctx` are valid; the input pointer covers
+        // `chunk` bytes of `padded` (plus padding), or is null with size 0
+        // to flush; the parser returns a pointer into its own buffer or
+        // into the input, valid until the next call.
+        let used = unsafe {
+            ff::av_parser_parse2(
+                parser,
+                s.ctx,
+                &mut out,
+                &mut out_size,
+                if flushing {
+                    ptr::null()
+                } else {
+                    padded.as_ptr().add(pos)
+                },
+                chunk as c_int,
+                ff::AV_NOPTS_VALUE,
+                ff::AV_NOPTS_VALUE,
+                0,
+            )
+        };
+        if used < 0 {
+            result = Err(err("parser failed"));
+            break;
+        }
+        pos += used as usize;
+        let packet = out_size > 0;
+        // SAFETY: `pkt` is a valid packet without buffer pointing at the
+        // parser's output only during avcodec_send_packet (which copies
+        // it); a null packet starts draining. `drain` is a valid frame.
+        unsafe {
+            let p = &mut *s.pkt;
+            p.data = out;
+            p.size = out_size;
+            let ret = if packet {
+                ff::avcodec_send_packet(s.ctx, s.pkt)
+            } else if flushing {
+                ff::avcodec_send_packet(s.ctx, ptr::null())
+            } else {
+                0
+            };
+            p.data = ptr::null_mut();
+            p.size = 0;
+            if ret < 0 && ret != ff::AVERROR_EOF {
+                result = Err(err(&format!("decode error {ret}")));
+            }
+            while ff::avcodec_receive_frame(s.ctx, s.drain) >= 0 {
+                frames += 1;
+                ff::av_frame_unref(s.drain);
+            }
+        }
+        if flushing && !packet {
+            break;
+        }
+    }
+    // SAFETY: the parser was created above and is not used afterwards.
+    unsafe { ff::av_parser_close(parser) };
+    result.map(|()| frames)
+}
+
 /// H.264 NAL unit writing: SPS and PPS from the V4L2 controls.
 pub mod nal {
     use decoder_core::ctrl::h264::*;
@@ -2082,13 +2177,15 @@ pub mod hevc_nal {
             self.pos.sort_by_key(|e| poc(e.0));
             // Long-term: by MSB cycle (ascending), as delta coding needs.
             self.lt.sort_by_key(|e| std::cmp::Reverse(poc(e.0)));
-            let used =
-                |v: &Vec<(u8, bool)>| v.iter().filter(|e| e.1).map(|e| e.0).collect::<Vec<_>>();
-            let (b, a, l) = (used(&self.neg), used(&self.pos), used(&self.lt));
+            fn used(v: &[(u8, bool)]) -> impl Iterator<Item = u8> + '_ {
+                v.iter().filter(|e| e.1).map(|e| e.0)
+            }
             self.temp0.clear();
-            self.temp0.extend(b.iter().chain(&a).chain(&l));
+            self.temp0
+                .extend(used(&self.neg).chain(used(&self.pos)).chain(used(&self.lt)));
             self.temp1.clear();
-            self.temp1.extend(a.iter().chain(&b).chain(&l));
+            self.temp1
+                .extend(used(&self.pos).chain(used(&self.neg)).chain(used(&self.lt)));
             Ok(())
         }
     }
