@@ -38,8 +38,9 @@ use std::ptr;
 
 use decoder_core::ctrl::h264::{
     V4l2CtrlH264DecodeParams, V4l2CtrlH264Pps, V4l2CtrlH264ScalingMatrix, V4l2CtrlH264Sps,
-    V4l2StatelessH264StartCode, V4L2_CID_STATELESS_H264_START_CODE,
-    V4L2_H264_DECODE_PARAM_FLAG_FIELD_PIC,
+    V4l2StatelessH264StartCode, V4L2_CID_STATELESS_H264_PPS,
+    V4L2_CID_STATELESS_H264_SCALING_MATRIX, V4L2_CID_STATELESS_H264_SPS,
+    V4L2_CID_STATELESS_H264_START_CODE, V4L2_H264_DECODE_PARAM_FLAG_FIELD_PIC,
 };
 use decoder_core::ctrl::hevc::{
     V4l2CtrlHevcDecodeParams, V4l2CtrlHevcPps, V4l2CtrlHevcScalingMatrix, V4l2CtrlHevcSliceParams,
@@ -449,6 +450,10 @@ pub struct FfmpegH264 {
     /// Last SPS / PPS NAL sent for each id.
     sent_sps: HashMap<u8, Vec<u8>>,
     sent_pps: HashMap<u8, Vec<u8>>,
+    /// SPS, PPS and scaling matrix control bytes of the previous picture
+    /// (their parameter sets are in libavcodec).
+    last_ctrls: Vec<u8>,
+    scratch: Vec<u8>,
     /// Slices of a picture whose later slices are still to come.
     pending: Vec<u8>,
     /// Timestamp of the pending picture.
@@ -475,6 +480,8 @@ impl FfmpegH264 {
             s: Session::new(ff::AVCodecID::AV_CODEC_ID_H264)?,
             sent_sps: HashMap::new(),
             sent_pps: HashMap::new(),
+            last_ctrls: Vec::new(),
+            scratch: Vec::new(),
             pending: Vec::new(),
             pending_ts: None,
             decoded: HashSet::new(),
@@ -488,6 +495,7 @@ impl FfmpegH264 {
         self.s.flush();
         self.sent_sps.clear();
         self.sent_pps.clear();
+        self.last_ctrls.clear();
         self.pending.clear();
         self.pending_ts = None;
         self.decoded.clear();
@@ -614,18 +622,33 @@ impl Backend for FfmpegH264 {
             return self.fail(DecodeError::MissingReference(missing));
         }
 
-        let sps_nal = nal::build_sps(&sps)?;
-        let pps_nal = nal::build_pps(&pps, &sps, matrix.as_ref())?;
         self.s.packet.clear();
-        if self.sent_sps.get(&sps.seq_parameter_set_id) != Some(&sps_nal) {
-            self.s.packet.extend_from_slice(&sps_nal);
-            self.sent_sps.insert(sps.seq_parameter_set_id, sps_nal);
-            // A new SPS invalidates the PPS built on the old one.
-            self.sent_pps.clear();
+        // The usual case: the same parameter set controls as the previous
+        // picture, whose SPS and PPS libavcodec already has. Only compare
+        // their bytes (no NAL unit built, no allocation).
+        self.scratch.clear();
+        for id in [
+            V4L2_CID_STATELESS_H264_SPS,
+            V4L2_CID_STATELESS_H264_PPS,
+            V4L2_CID_STATELESS_H264_SCALING_MATRIX,
+        ] {
+            self.scratch
+                .extend_from_slice(job.controls.get_raw(id).unwrap_or(&[]));
         }
-        if self.sent_pps.get(&pps.pic_parameter_set_id) != Some(&pps_nal) {
-            self.s.packet.extend_from_slice(&pps_nal);
-            self.sent_pps.insert(pps.pic_parameter_set_id, pps_nal);
+        if self.scratch != self.last_ctrls {
+            let sps_nal = nal::build_sps(&sps)?;
+            let pps_nal = nal::build_pps(&pps, &sps, matrix.as_ref())?;
+            if self.sent_sps.get(&sps.seq_parameter_set_id) != Some(&sps_nal) {
+                self.s.packet.extend_from_slice(&sps_nal);
+                self.sent_sps.insert(sps.seq_parameter_set_id, sps_nal);
+                // A new SPS invalidates the PPS built on the old one.
+                self.sent_pps.clear();
+            }
+            if self.sent_pps.get(&pps.pic_parameter_set_id) != Some(&pps_nal) {
+                self.s.packet.extend_from_slice(&pps_nal);
+                self.sent_pps.insert(pps.pic_parameter_set_id, pps_nal);
+            }
+            std::mem::swap(&mut self.scratch, &mut self.last_ctrls);
         }
         self.s.packet.extend_from_slice(&slices);
         self.pending = slices;
