@@ -2,11 +2,13 @@
 # Guest check: `daedalus decode --device` drives a real V4L2 stateless decoder (visl: the real
 # request/stateless uAPI, test-pattern pictures) through whole streams: H.264 main profile with
 # B-frames (reordering, two IDRs), an odd-sized H.264 baseline stream with 3 slices per picture
-# (frame-based jobs, cropping), HEVC, VP8, VP9, AV1. For each: exit 0 (no CAPTURE
-# buffer came back with V4L2_BUF_FLAG_ERROR: daedalus fails on those), one framemd5 line per
-# frame FFmpeg decodes from the same file, FFmpeg's dimensions and frame size, media requests reused (no more allocated than
-# OUTPUT buffers), no kernel error or warning line. The v4l2r example client then decodes the
-# first stream with one "ok" line per picture. Kernel oopses/WARNs also fail the run (vm/run.sh).
+# (frame-based jobs, cropping), HEVC, VP8, VP9, AV1. For each: exit 0 (no CAPTURE buffer came
+# back with V4L2_BUF_FLAG_ERROR: daedalus fails on those), one framemd5 line per frame FFmpeg
+# decodes from the same file, FFmpeg's dimensions and frame sizes, media requests reused (no
+# more allocated than OUTPUT buffers), no kernel error or warning line. Then device.rs's ignored
+# unit test pushes every job of each codec (and H.264 one slice per job, with held CAPTURE
+# buffers) through V4l2Device, and the v4l2r example client decodes the first stream with one
+# "ok" line per picture. Kernel oopses/WARNs also fail the run (vm/run.sh).
 # Needs host builds: cargo build --release -p daedalus --bins --example v4l2_decode and
 # cargo test --release -p daedalus --bin daedalus --no-run
 # vm-modprobe: visl
