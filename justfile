@@ -9,7 +9,7 @@ default:
     @just --list
 
 # Build everything (release).
-build:
+build: uapi
     cargo build --release --workspace
 
 # Decode a file through the whole stack (embedded frontend + daemon in one process).
@@ -40,6 +40,7 @@ test: lint test-native test-corpus build-all test-vm
 # Release binaries and examples the VM suites run.
 build-all: uapi
     cargo build --release --workspace --bins --examples
+    cargo test --release -p daedalus --bin daedalus --no-run
 
 # Fuzz each cargo-fuzz target for SECONDS (nightly if installed, else stable with RUSTC_BOOTSTRAP).
 fuzz SECONDS="30":
@@ -59,11 +60,11 @@ corpus:
     bash scripts/corpus.sh
 
 # Decode the whole corpus through the embedded stack and compare every frame with FFmpeg.
-test-corpus: corpus
+test-corpus: corpus uapi
     cargo build --release -p daedalus
     bash scripts/corpus-check.sh
 
 # Frames/s of `daedalus decode` against direct libavcodec/dav1d decode of 1080p streams, as ratios.
-bench:
+bench: uapi
     cargo build --release -p daedalus
     bash scripts/bench.sh

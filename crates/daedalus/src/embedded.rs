@@ -7,6 +7,7 @@
 //! with controls and one OUTPUT buffer, CAPTURE buffers queued and
 //! dequeued — only the ioctls are method calls on the device.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,6 +46,10 @@ pub struct Embedded {
     cap_fmt: PixFormat,
     epoch: Instant,
     rx: Vec<u8>,
+    /// Timestamp of the job in each OUTPUT buffer.
+    out_ts: Vec<u64>,
+    /// Per-job timing, when on: dispatch instants and finished round trips.
+    timing: Option<(HashMap<u64, Instant>, Vec<(u64, Duration)>)>,
 }
 
 impl Embedded {
@@ -119,6 +124,8 @@ impl Embedded {
             cap_fmt,
             epoch: Instant::now(),
             rx: vec![0u8; proto::DV_MAX_MSG_SIZE as usize],
+            out_ts: vec![0; OUTPUT_BUFFERS as usize],
+            timing: None,
         };
         this.allocate(Queue::Output, OUTPUT_BUFFERS)?;
         this.allocate(Queue::Capture, CAPTURE_BUFFERS)?;
@@ -166,6 +173,13 @@ impl Embedded {
 }
 
 impl Frontend for Embedded {
+    fn take_job_timings(&mut self) -> Vec<(u64, Duration)> {
+        self.timing
+            .as_mut()
+            .map(|(_, d)| std::mem::take(d))
+            .unwrap_or_default()
+    }
+
     /// The negotiated CAPTURE format.
     fn capture_format(&self) -> PixFormat {
         self.cap_fmt
@@ -226,6 +240,7 @@ impl Frontend for Embedded {
             );
         }
         plane.bytes_mut()[..bitstream.len()].copy_from_slice(bitstream);
+        self.out_ts[index as usize] = timestamp;
         let now = self.now();
         let r = self
             .dev
@@ -316,6 +331,11 @@ impl Embedded {
     /// Sends every datagram the device queued, with buffer fds attached.
     fn flush_tx(&mut self) -> Result<()> {
         while let Some(o) = self.dev.poll_transmit() {
+            if let Some((dispatched, _)) = self.timing.as_mut() {
+                if let Ok(proto::Message::Decode(job, _)) = proto::decode(&o.bytes) {
+                    dispatched.insert(job.timestamp, Instant::now());
+                }
+            }
             let fds: Vec<BorrowedFd<'_>> = match o.fds {
                 Some((_, q, i)) => {
                     let bufs = match q {
@@ -372,6 +392,7 @@ impl Embedded {
                             tracing::warn!("daemon message refused, link dropped: {e}");
                             self.link.close();
                         }
+                        self.drain_events();
                     }
                     Err(e) => {
                         tracing::warn!("daemon link: {e}");
@@ -387,12 +408,35 @@ impl Embedded {
         }
         let now = self.now();
         self.dev.tick(now);
+        self.drain_events();
+        self.flush_tx()
+    }
+
+    /// Turns per-job timing on.
+    pub fn enable_timing(&mut self) {
+        self.timing = Some((HashMap::new(), Vec::new()));
+    }
+
+    fn drain_events(&mut self) {
+        let at = Instant::now();
         while let Some(ev) = self.dev.poll_event() {
-            if let Event::DaemonDetached { .. } = ev {
-                tracing::warn!("the daemon detached");
+            match ev {
+                Event::DaemonDetached { .. } => tracing::warn!("the daemon detached"),
+                Event::BufferDone {
+                    queue: Queue::Output,
+                    index,
+                    ..
+                } => {
+                    if let Some((dispatched, done)) = self.timing.as_mut() {
+                        let ts = self.out_ts[index as usize];
+                        if let Some(t0) = dispatched.remove(&ts) {
+                            done.push((ts, at - t0));
+                        }
+                    }
+                }
+                _ => {}
             }
         }
-        self.flush_tx()
     }
 }
 

@@ -48,4 +48,9 @@ pub trait Frontend {
     /// Waits up to `timeout` for completions; returns CAPTURE buffers
     /// dequeued meanwhile and recycles finished OUTPUT buffers.
     fn poll(&mut self, timeout: Duration) -> Result<Vec<Picture>>;
+    /// Per-job round trips recorded so far (job timestamp, from the job's
+    /// dispatch to the daemon to its result), when timing is on.
+    fn take_job_timings(&mut self) -> Vec<(u64, Duration)> {
+        Vec::new()
+    }
 }

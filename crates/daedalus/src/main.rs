@@ -50,6 +50,10 @@ enum Cmd {
         /// Drive a V4L2 stateless device instead of the embedded stack.
         #[arg(long)]
         device: Option<PathBuf>,
+        /// Print the per-job overhead outside the backend's decode call
+        /// (embedded stack): median and p99 in microseconds.
+        #[arg(long)]
+        job_stats: bool,
         /// Decoding threads of the embedded daemon.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -72,12 +76,14 @@ fn main() {
             framemd5,
             device,
             threads,
+            job_stats,
         } => decode(
             &input,
             output.as_deref(),
             framemd5.as_deref(),
             device.as_deref(),
             threads,
+            job_stats,
         ),
     };
     if let Err(e) = r {
@@ -194,6 +200,8 @@ struct Player {
     keep_recent: usize,
     /// References of the latest job.
     refs: HashSet<u64>,
+    /// Jobs submitted whose picture has not come back yet.
+    in_flight: HashSet<u64>,
     errors: u64,
 }
 
@@ -209,6 +217,7 @@ impl Player {
             }
         }
         self.recent.push_back(p.timestamp);
+        self.in_flight.remove(&p.timestamp);
         if let Some(info) = self.infos.get(&p.timestamp).copied() {
             if self.pending.is_empty() && self.reorder_mode() {
                 self.in_reorder.insert(p.timestamp);
@@ -229,7 +238,14 @@ impl Player {
     fn display_due(&mut self, f: &mut dyn Frontend, sink: &mut Sink) -> Result<()> {
         while let Some(&ts) = self.pending.front() {
             if !self.held.contains_key(&ts) {
-                break;
+                if self.in_flight.contains(&ts) {
+                    break;
+                }
+                // Shown again after its buffer was recycled, or never decoded.
+                self.errors += 1;
+                tracing::warn!("picture {ts} to display is no longer held");
+                self.pending.pop_front();
+                continue;
             }
             self.pending.pop_front();
             self.emit(f, sink, ts)?;
@@ -296,6 +312,7 @@ fn decode(
     framemd5: Option<&Path>,
     device: Option<&Path>,
     threads: usize,
+    job_stats: bool,
 ) -> Result<()> {
     let mut source = open_source(input)?;
     let parse_err = || format!("parsing {}", input.display());
@@ -316,13 +333,20 @@ fn decode(
             ch,
             first.picture.bit_depth > 8,
         )?),
-        None => Box::new(Embedded::new(
-            fmt::fourcc_of(first.codec),
-            cw,
-            ch,
-            first.picture.bit_depth > 8,
-            threads,
-        )?),
+        None => {
+            let mut e = Embedded::new(
+                fmt::fourcc_of(first.codec),
+                cw,
+                ch,
+                first.picture.bit_depth > 8,
+                threads,
+            )?;
+            if job_stats {
+                daedalus_daemon::stats::enable();
+                e.enable_timing();
+            }
+            Box::new(e)
+        }
     };
     let (_, _, vw, vh) = first.picture.visible;
     let mut sink = Sink {
@@ -362,6 +386,7 @@ fn decode(
             Source::Frames(_) => 9,
         },
         refs: HashSet::new(),
+        in_flight: HashSet::new(),
         errors: 0,
     };
     let progress = std::io::stderr().is_terminal();
@@ -386,6 +411,7 @@ fn decode(
             Step::ShowExisting(ts) => player.pending.push_back(ts),
             Step::Decode(job, display) => {
                 player.infos.insert(job.timestamp, job.picture);
+                player.in_flight.insert(job.timestamp);
                 match display {
                     Display::Now => player.pending.push_back(job.timestamp),
                     Display::Hidden | Display::Reorder => {}
@@ -458,15 +484,63 @@ fn decode(
             String::new()
         }
     );
+    if job_stats {
+        print_job_stats(emb.take_job_timings(), daedalus_daemon::stats::take());
+    }
     if errors > 0 {
         bail!("{errors} pictures failed to decode");
     }
     Ok(())
 }
 
-/// Timestamps of the pictures a job references.
+/// Per-job overhead: round trip through the stack minus the backend's
+/// decode call, median and p99.
+fn print_job_stats(round_trips: Vec<(u64, Duration)>, backend: Vec<(u64, Duration)>) {
+    let mut in_backend: BTreeMap<u64, Duration> = BTreeMap::new();
+    for (ts, d) in backend {
+        *in_backend.entry(ts).or_default() += d;
+    }
+    let mut over: Vec<u128> = round_trips
+        .iter()
+        .filter_map(|(ts, rt)| {
+            in_backend
+                .get(ts)
+                .map(|b| rt.saturating_sub(*b).as_micros())
+        })
+        .collect();
+    if over.is_empty() {
+        eprintln!("per-job overhead: no samples");
+        return;
+    }
+    over.sort_unstable();
+    let q = |p: f64| over[((over.len() - 1) as f64 * p).round() as usize];
+    eprintln!(
+        "per-job overhead outside the backend: median {} us, p99 {} us ({} jobs)",
+        q(0.5),
+        q(0.99),
+        over.len()
+    );
+}
+
+/// Timestamps of the pictures a job references, and for AV1 every picture
+/// in a reference slot after the job (a later show-existing frame may
+/// display any of them).
 fn reference_set(job: &Job) -> HashSet<u64> {
     let mut v = Vec::new();
     (job.codec.desc().reference_timestamps)(&job.controls, &mut v);
-    v.into_iter().collect()
+    let mut set: HashSet<u64> = v.into_iter().collect();
+    if let Some(f) = job
+        .controls
+        .get::<decoder_core::ctrl::av1::V4l2CtrlAv1Frame>()
+    {
+        for (slot, ts) in f.reference_frame_ts.iter().enumerate() {
+            if f.refresh_frame_flags & (1 << slot) == 0 {
+                set.insert(*ts);
+            }
+        }
+        if f.refresh_frame_flags != 0 {
+            set.insert(job.timestamp);
+        }
+    }
+    set
 }

@@ -23,5 +23,6 @@ pub mod backend;
 pub mod buffers;
 pub mod reply;
 pub mod server;
+pub mod stats;
 pub mod transport;
 pub mod worker;

@@ -297,7 +297,12 @@ fn decode_one(
         flags: job.flags,
         references: &job.references,
     };
-    match backend.decode(&input, &mut target) {
+    let started = crate::stats::enabled().then(std::time::Instant::now);
+    let result = backend.decode(&input, &mut target);
+    if let Some(t) = started {
+        crate::stats::record_backend(job.timestamp, t.elapsed());
+    }
+    match result {
         Ok(o) => Ok(o),
         Err(e) => {
             tracing::info!("decode failed: {e}");
