@@ -57,6 +57,7 @@ f=av1-aom-tiles; make_stream $f ivf nv12 -- ff $(src 352x288 12) -c:v libaom-av1
 f=av1-aom-odd-size; make_stream $f ivf nv12 -- ff $(src 66x50 12) -c:v libaom-av1 -cpu-used 8 -b:v 50k $f.ivf
 f=av1-aom-film-grain; make_stream $f ivf nv12 -- ff $(src 176x144 12) -c:v libaom-av1 -cpu-used 8 -denoise-noise-level 25 -b:v 200k $f.ivf
 f=av1-svt; make_stream $f ivf nv12 -- ff $(src 176x144 16) -c:v libsvtav1 -preset 12 $f.ivf
+f=av1-svt-long-gop; make_stream $f ivf nv12 -- ff $(src 176x144 80) -c:v libsvtav1 -preset 12 -g 64 $f.ivf
 f=av1-rav1e; make_stream $f ivf nv12 -- ff $(src 176x144 12) -c:v librav1e -speed 10 $f.ivf
 
 mv "$manifest.new" "$manifest"
