@@ -625,3 +625,99 @@ fn vpx_missing_reference_and_corruption_recover_at_key_frame() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Decoding speed of the VP9 backend (header checks, reference slots,
+/// capture, P010/NV12 copy) against libavcodec decoding the same frames
+/// directly with one thread in this process, in thread CPU time (run with
+/// `--release -- --ignored`).
+#[test]
+#[ignore = "timing; run in release mode"]
+fn vp9_speed_vs_plain_libavcodec() {
+    daedalus_daemon::backend::ffmpeg::quiet_library_logs();
+    let dir = tmpdir().join("speed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let frames = 60;
+    let file = encode(
+        &dir,
+        "vp9_1080p",
+        (1920, 1080),
+        frames,
+        false,
+        &[
+            "--codec=vp9",
+            "--auto-alt-ref=1",
+            "--lag-in-frames=16",
+            "--cpu-used=8",
+        ],
+    );
+    let jobs = vp9_jobs(&file);
+    let packets: Vec<&[u8]> = jobs
+        .iter()
+        .filter(|j| j.show_existing.is_none())
+        .map(|j| &j.bitstream[..])
+        .collect();
+    let cpu = || -> f64 {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        s.split_whitespace().next().unwrap().parse::<f64>().unwrap() / 1e9
+    };
+    // Best of 7, alternating the two decoders so that both see the same
+    // machine load.
+    let best2 = |a: &mut dyn FnMut(), b: &mut dyn FnMut()| {
+        let (mut ta, mut tb) = (f64::MAX, f64::MAX);
+        for _ in 0..7 {
+            let t = cpu();
+            a();
+            ta = ta.min(cpu() - t);
+            let t = cpu();
+            b();
+            tb = tb.min(cpu() - t);
+        }
+        (ta, tb)
+    };
+    let (direct, ours) = best2(
+        &mut || {
+            daedalus_daemon::backend::ffmpeg::plain_decode_packets(Codec::Vp9, &packets).unwrap();
+        },
+        &mut || {
+            let o = decode_fast(Codec::Vp9, &jobs);
+            assert_eq!(o, packets.len());
+        },
+    );
+    eprintln!(
+        "VP9 1080p x{frames}: plain libavcodec (1 thread) {:.1} fps, backend {:.1} fps, ratio {:.3}",
+        f64::from(frames) / direct,
+        f64::from(frames) / ours,
+        direct / ours
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Decodes every job into one reused NV12 buffer; returns the jobs decoded.
+fn decode_fast(codec: Codec, jobs: &[VpxJob]) -> usize {
+    let mut backend = FfmpegVpx::new(codec).unwrap();
+    let mut buf = Vec::new();
+    let mut n = 0;
+    for j in jobs.iter().filter(|j| j.show_existing.is_none()) {
+        let coded = capture_size(j.size);
+        buf.resize(coded.0 as usize * coded.1 as usize * 3 / 2, 0);
+        let mut out = CaptureTarget::contiguous(
+            CaptureFormat::Nv12,
+            coded.0,
+            coded.1,
+            coded.0 as usize,
+            &mut buf,
+        )
+        .unwrap();
+        let input = JobInput {
+            codec,
+            controls: &j.controls,
+            bitstream: &j.bitstream,
+            timestamp: j.timestamp,
+            flags: JobFlags::default(),
+            references: &j.references,
+        };
+        backend.decode(&input, &mut out).unwrap();
+        n += 1;
+    }
+    n
+}

@@ -133,6 +133,8 @@ struct Session {
     packet: Vec<u8>,
     /// `allocations` of the slot when the last picture was copied out.
     last_alloc_seen: u64,
+    /// Pictures libavcodec output (and `send` dropped).
+    drained: u64,
 }
 
 // SAFETY: the session owns its libavcodec context, packet, frames and slot
@@ -195,6 +197,7 @@ impl Session {
             slot,
             packet: Vec::new(),
             last_alloc_seen: 0,
+            drained: 0,
         };
         // SAFETY: `slot` was just created from a Box and is owned by `s`.
         let slot_frame_null = unsafe { (*s.slot).last.is_null() };
@@ -262,6 +265,7 @@ impl Session {
             p.data = ptr::null_mut();
             p.size = 0;
             while ff::avcodec_receive_frame(self.ctx, self.drain) >= 0 {
+                self.drained += 1;
                 ff::av_frame_unref(self.drain);
             }
             ret
@@ -1489,6 +1493,43 @@ pub fn plain_decode(codec: Codec, data: &[u8]) -> Result<usize, DecodeError> {
     // SAFETY: the parser was created above and is not used afterwards.
     unsafe { ff::av_parser_close(parser) };
     result.map(|()| frames)
+}
+
+/// Decodes VP8 or VP9 frames (one packet each, as in IVF) with libavcodec
+/// directly (one thread, default allocator, no copy) and returns the
+/// number of pictures output: the speed baseline for those codecs.
+pub fn plain_decode_packets(codec: Codec, packets: &[&[u8]]) -> Result<usize, DecodeError> {
+    let id = match codec {
+        Codec::Vp8 => ff::AVCodecID::AV_CODEC_ID_VP8,
+        Codec::Vp9 => ff::AVCodecID::AV_CODEC_ID_VP9,
+        other => {
+            return Err(DecodeError::Unsupported(format!(
+                "packet decode of {other:?}"
+            )))
+        }
+    };
+    let mut s = Session::new(id)?;
+    // SAFETY: `ctx` is open; restoring the default allocator before any
+    // packet is sent is allowed.
+    unsafe { (*s.ctx).get_buffer2 = Some(ff::avcodec_default_get_buffer2) };
+    for p in packets {
+        s.packet.clear();
+        s.packet.extend_from_slice(p);
+        let ret = s.send();
+        if ret < 0 {
+            return Err(DecodeError::Corrupt(format!("decode error {ret}")));
+        }
+    }
+    // SAFETY: a null packet starts draining an open context; `drain` is a
+    // valid frame.
+    unsafe {
+        ff::avcodec_send_packet(s.ctx, ptr::null());
+        while ff::avcodec_receive_frame(s.ctx, s.drain) >= 0 {
+            s.drained += 1;
+            ff::av_frame_unref(s.drain);
+        }
+    }
+    Ok(s.drained as usize)
 }
 
 /// H.264 NAL unit writing: SPS and PPS from the V4L2 controls.
