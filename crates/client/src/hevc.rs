@@ -21,7 +21,10 @@
 //! * `SCALING_MATRIX` lists are in raster order (the parser's coding-order
 //!   lists are converted), DC values included.
 //!
-//! Limits: at most 32 entry points per slice (cros-codecs' parser), 8- and 10-bit 4:2:0 / 4:0:0, one
+//! Slice headers with more than 32 entry points (cros-codecs' header holds
+//! 32) are read by this module's own slice header reader.
+//!
+//! Limits: 8- and 10-bit 4:2:0 / 4:0:0, one
 //! layer; RASL pictures of a CRA picture that starts decoding are skipped,
 //! as the specification requires.
 
@@ -29,7 +32,9 @@ use std::collections::VecDeque;
 use std::io::Cursor;
 use std::rc::Rc;
 
-use cros_codecs::codec::h265::parser::{Nalu, NaluType, Parser, Pps, SliceHeader, SliceType, Sps};
+use cros_codecs::codec::h265::parser::{
+    Nalu, NaluType, Parser, Pps, ShortTermRefPicSet, SliceHeader, SliceType, Sps,
+};
 use decoder_core::ctrl::hevc::*;
 use decoder_core::ctrl::{Codec, CompoundControl, ControlValues};
 use zerocopy::IntoBytes;
@@ -52,6 +57,10 @@ struct RefPic {
 struct SliceUnit {
     nal: Vec<u8>,
     hdr: SliceHeader,
+    /// Entry points and header size (RBSP bytes, NAL header included) when
+    /// the header was read by [`fallback_slice_header`] (more entry points
+    /// than cros-codecs' header can hold).
+    tail: Option<(Vec<u32>, usize)>,
     nal_type: u8,
     temporal_id_plus1: u8,
 }
@@ -86,6 +95,8 @@ pub struct HevcParser {
     epoch: u64,
     pictures: u64,
     seen_irap: bool,
+    /// Read every slice header with this module's reader.
+    own_reader: bool,
 }
 
 impl std::fmt::Debug for HevcParser {
@@ -136,6 +147,498 @@ fn escaped_offset(nal: &[u8], rbsp_bytes: usize) -> Option<usize> {
         zeros = if b == 0 { zeros + 1 } else { 0 };
     }
     (count == rbsp_bytes).then_some(nal.len())
+}
+
+/// MSB-first reader over an RBSP (emulation prevention bytes removed).
+struct RbspReader {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl RbspReader {
+    fn new(nal: &[u8]) -> Self {
+        let mut data = Vec::with_capacity(nal.len());
+        let mut zeros = 0;
+        for &b in nal {
+            if zeros >= 2 && b == 3 {
+                zeros = 0;
+                continue;
+            }
+            data.push(b);
+            zeros = if b == 0 { zeros + 1 } else { 0 };
+        }
+        Self { data, pos: 0 }
+    }
+
+    fn u(&mut self, n: u32) -> Result<u32, ClientError> {
+        let mut v = 0u64;
+        for _ in 0..n {
+            let byte = *self
+                .data
+                .get(self.pos / 8)
+                .ok_or_else(|| bs("slice header truncated"))?;
+            v = (v << 1) | u64::from((byte >> (7 - self.pos % 8)) & 1);
+            self.pos += 1;
+        }
+        u32::try_from(v).map_err(|_| bs("field too wide"))
+    }
+
+    fn flag(&mut self) -> Result<bool, ClientError> {
+        Ok(self.u(1)? == 1)
+    }
+
+    fn ue(&mut self) -> Result<u32, ClientError> {
+        let mut zeros = 0;
+        while !self.flag()? {
+            zeros += 1;
+            if zeros > 31 {
+                return Err(bs("bad exp-Golomb code"));
+            }
+        }
+        Ok(((1u64 << zeros) - 1 + u64::from(self.u(zeros)?)) as u32)
+    }
+
+    fn se(&mut self) -> Result<i32, ClientError> {
+        let k = i64::from(self.ue()?);
+        Ok(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) } as i32)
+    }
+}
+
+/// `slice_pic_parameter_set_id` of a slice segment NAL unit.
+fn peek_pps_id(nal: &[u8]) -> Option<u8> {
+    let nal_type = (nal.first()? >> 1) & 0x3f;
+    let mut r = RbspReader::new(nal.get(..nal.len().min(16))?);
+    r.pos = 16;
+    r.flag().ok()?;
+    if (16..=23).contains(&nal_type) {
+        r.flag().ok()?;
+    }
+    u8::try_from(r.ue().ok()?).ok()
+}
+
+fn ceil_log2(v: u32) -> u32 {
+    if v <= 1 {
+        0
+    } else {
+        32 - (v - 1).leading_zeros()
+    }
+}
+
+/// Reads a slice segment header (7.3.6.1) whose entry points do not fit
+/// cros-codecs' header struct: the same fields, with the entry points
+/// (`entry_point_offset_minus1`) and the header size in RBSP bytes (NAL
+/// header included) returned on the side.
+fn fallback_slice_header(
+    nal: &[u8],
+    parser: &Parser,
+    prev: Option<&SliceHeader>,
+) -> Result<(SliceHeader, Vec<u32>, usize), ClientError> {
+    let nal_type = (nal[0] >> 1) & 0x3f;
+    let mut r = RbspReader::new(nal);
+    r.pos = 16;
+    let first = r.flag()?;
+    let no_output_of_prior = if (16..=23).contains(&nal_type) {
+        r.flag()?
+    } else {
+        false
+    };
+    let pps_id = r.ue()?;
+    let pps = parser
+        .get_pps(u8::try_from(pps_id).map_err(|_| bs("pps id"))?)
+        .cloned()
+        .ok_or_else(|| bs("slice refers to an unknown PPS"))?;
+    let sps = pps.sps.clone();
+    let mut dependent = false;
+    let mut address = 0;
+    if !first {
+        if pps.dependent_slice_segments_enabled_flag {
+            dependent = r.flag()?;
+        }
+        address = r.u(ceil_log2(sps.pic_size_in_ctbs_y))?;
+    }
+    let mut h = if dependent {
+        prev.cloned()
+            .ok_or_else(|| bs("dependent slice segment first"))?
+    } else {
+        let mut h = SliceHeader::default();
+        Parser::slice_header_set_defaults(&mut h, &sps, &pps);
+        h
+    };
+    h.first_slice_segment_in_pic_flag = first;
+    h.no_output_of_prior_pics_flag = no_output_of_prior;
+    h.pic_parameter_set_id = pps_id as u8;
+    h.dependent_slice_segment_flag = dependent;
+    h.segment_address = address;
+    if !dependent {
+        r.u(u32::from(pps.num_extra_slice_header_bits))?;
+        h.type_ = match r.ue()? {
+            0 => SliceType::B,
+            1 => SliceType::P,
+            2 => SliceType::I,
+            _ => return Err(bs("bad slice_type")),
+        };
+        h.pic_output_flag = if pps.output_flag_present_flag {
+            r.flag()?
+        } else {
+            true
+        };
+        if sps.separate_colour_plane_flag {
+            h.colour_plane_id = r.u(2)? as u8;
+        }
+        let mut num_pic_total_curr = 0u32;
+        if nal_type != 19 && nal_type != 20 {
+            let lsb_bits = u32::from(sps.log2_max_pic_order_cnt_lsb_minus4) + 4;
+            h.pic_order_cnt_lsb = r.u(lsb_bits)? as u16;
+            h.short_term_ref_pic_set_sps_flag = r.flag()?;
+            if !h.short_term_ref_pic_set_sps_flag {
+                let start = r.pos;
+                h.short_term_ref_pic_set = read_st_rps(&mut r, &sps)?;
+                h.st_rps_bits = (r.pos - start) as u32;
+            } else {
+                let n = u32::from(sps.num_short_term_ref_pic_sets);
+                if n > 1 {
+                    h.short_term_ref_pic_set_idx = r.u(ceil_log2(n))? as u8;
+                }
+                h.curr_rps_idx = h.short_term_ref_pic_set_idx;
+            }
+            let st = if h.short_term_ref_pic_set_sps_flag {
+                sps.short_term_ref_pic_set
+                    .get(usize::from(h.short_term_ref_pic_set_idx))
+                    .ok_or_else(|| bs("bad short_term_ref_pic_set_idx"))?
+                    .clone()
+            } else {
+                h.short_term_ref_pic_set.clone()
+            };
+            num_pic_total_curr += st.used_by_curr_pic_s0[..usize::from(st.num_negative_pics)]
+                .iter()
+                .chain(&st.used_by_curr_pic_s1[..usize::from(st.num_positive_pics)])
+                .filter(|u| **u)
+                .count() as u32;
+            if sps.long_term_ref_pics_present_flag {
+                if sps.num_long_term_ref_pics_sps > 0 {
+                    h.num_long_term_sps = r.ue()? as u8;
+                }
+                h.num_long_term_pics = r.ue()? as u8;
+                let n = usize::from(h.num_long_term_sps) + usize::from(h.num_long_term_pics);
+                if n > 16 {
+                    return Err(bs("too many long-term pictures"));
+                }
+                for i in 0..n {
+                    if i < usize::from(h.num_long_term_sps) {
+                        let bits = ceil_log2(u32::from(sps.num_long_term_ref_pics_sps));
+                        let idx = if bits > 0 { r.u(bits)? } else { 0 } as usize;
+                        h.lt_idx_sps[i] = idx as u8;
+                        h.poc_lsb_lt[i] = *sps
+                            .lt_ref_pic_poc_lsb_sps
+                            .get(idx)
+                            .ok_or_else(|| bs("lt_idx_sps"))?;
+                        h.used_by_curr_pic_lt[i] = sps.used_by_curr_pic_lt_sps_flag[idx];
+                    } else {
+                        h.poc_lsb_lt[i] = r.u(lsb_bits)?;
+                        h.used_by_curr_pic_lt[i] = r.flag()?;
+                    }
+                    h.delta_poc_msb_present_flag[i] = r.flag()?;
+                    if h.delta_poc_msb_present_flag[i] {
+                        h.delta_poc_msb_cycle_lt[i] = r.ue()?;
+                    }
+                    // 7-52: accumulate within the SPS and the slice groups.
+                    if i != 0 && i != usize::from(h.num_long_term_sps) {
+                        h.delta_poc_msb_cycle_lt[i] += h.delta_poc_msb_cycle_lt[i - 1];
+                    }
+                    if h.used_by_curr_pic_lt[i] {
+                        num_pic_total_curr += 1;
+                    }
+                }
+            }
+            if sps.temporal_mvp_enabled_flag {
+                h.temporal_mvp_enabled_flag = r.flag()?;
+            }
+        }
+        h.num_pic_total_curr = num_pic_total_curr;
+        if sps.sample_adaptive_offset_enabled_flag {
+            h.sao_luma_flag = r.flag()?;
+            if sps.chroma_array_type != 0 {
+                h.sao_chroma_flag = r.flag()?;
+            }
+        }
+        if !h.type_.is_i() {
+            h.num_ref_idx_l0_active_minus1 = pps.num_ref_idx_l0_default_active_minus1;
+            h.num_ref_idx_l1_active_minus1 = pps.num_ref_idx_l1_default_active_minus1;
+            h.num_ref_idx_active_override_flag = r.flag()?;
+            if h.num_ref_idx_active_override_flag {
+                h.num_ref_idx_l0_active_minus1 = r.ue()?.min(14) as u8;
+                if h.type_.is_b() {
+                    h.num_ref_idx_l1_active_minus1 = r.ue()?.min(14) as u8;
+                }
+            }
+            if pps.lists_modification_present_flag && num_pic_total_curr > 1 {
+                let bits = ceil_log2(num_pic_total_curr);
+                let m = &mut h.ref_pic_list_modification;
+                m.ref_pic_list_modification_flag_l0 = r.flag()?;
+                m.list_entry_l0.clear();
+                if m.ref_pic_list_modification_flag_l0 {
+                    for _ in 0..=h.num_ref_idx_l0_active_minus1 {
+                        m.list_entry_l0.push(r.u(bits)?);
+                    }
+                }
+                if h.type_.is_b() {
+                    m.ref_pic_list_modification_flag_l1 = r.flag()?;
+                    m.list_entry_l1.clear();
+                    if m.ref_pic_list_modification_flag_l1 {
+                        for _ in 0..=h.num_ref_idx_l1_active_minus1 {
+                            m.list_entry_l1.push(r.u(bits)?);
+                        }
+                    }
+                }
+            }
+            if h.type_.is_b() {
+                h.mvd_l1_zero_flag = r.flag()?;
+            }
+            if pps.cabac_init_present_flag {
+                h.cabac_init_flag = r.flag()?;
+            }
+            h.collocated_from_l0_flag = true;
+            if h.temporal_mvp_enabled_flag {
+                if h.type_.is_b() {
+                    h.collocated_from_l0_flag = r.flag()?;
+                }
+                if (h.collocated_from_l0_flag && h.num_ref_idx_l0_active_minus1 > 0)
+                    || (!h.collocated_from_l0_flag && h.num_ref_idx_l1_active_minus1 > 0)
+                {
+                    h.collocated_ref_idx = r.ue()? as u8;
+                }
+            }
+            if (pps.weighted_pred_flag && h.type_.is_p())
+                || (pps.weighted_bipred_flag && h.type_.is_b())
+            {
+                read_pred_weights(&mut r, &mut h, sps.chroma_array_type != 0)?;
+            }
+            h.five_minus_max_num_merge_cand = r.ue()? as u8;
+        }
+        h.qp_delta = r.se()? as i8;
+        if pps.slice_chroma_qp_offsets_present_flag {
+            h.cb_qp_offset = r.se()? as i8;
+            h.cr_qp_offset = r.se()? as i8;
+        }
+        if pps.range_extension.chroma_qp_offset_list_enabled_flag {
+            h.cu_chroma_qp_offset_enabled_flag = r.flag()?;
+        }
+        if pps.deblocking_filter_override_enabled_flag {
+            h.deblocking_filter_override_flag = r.flag()?;
+        }
+        if h.deblocking_filter_override_flag {
+            h.deblocking_filter_disabled_flag = r.flag()?;
+            if !h.deblocking_filter_disabled_flag {
+                h.beta_offset_div2 = r.se()? as i8;
+                h.tc_offset_div2 = r.se()? as i8;
+            }
+        }
+        if pps.loop_filter_across_slices_enabled_flag
+            && (h.sao_luma_flag || h.sao_chroma_flag || !h.deblocking_filter_disabled_flag)
+        {
+            h.loop_filter_across_slices_enabled_flag = r.flag()?;
+        }
+    }
+    let mut eps = Vec::new();
+    if pps.tiles_enabled_flag || pps.entropy_coding_sync_enabled_flag {
+        let n = r.ue()?;
+        if n > 4096 {
+            return Err(bs("too many entry points"));
+        }
+        if n > 0 {
+            let bits = r.ue()? + 1;
+            if bits > 32 {
+                return Err(bs("offset_len_minus1"));
+            }
+            for _ in 0..n {
+                eps.push(r.u(bits)?);
+            }
+        }
+    }
+    h.num_entry_point_offsets = eps.len() as u32;
+    if pps.slice_segment_header_extension_present_flag {
+        let len = r.ue()?;
+        r.u(8 * len.min(256))?;
+    }
+    if !r.flag()? {
+        return Err(bs("byte_alignment() without its one bit"));
+    }
+    while !r.pos.is_multiple_of(8) {
+        if r.flag()? {
+            return Err(bs("byte_alignment() with a one bit"));
+        }
+    }
+    Ok((h, eps, r.pos / 8))
+}
+
+/// `st_ref_pic_set(num_short_term_ref_pic_sets)` of a slice header
+/// (7.3.7, with 7-61 / 7-62 for a set predicted from an SPS set).
+fn read_st_rps(r: &mut RbspReader, sps: &Sps) -> Result<ShortTermRefPicSet, ClientError> {
+    let mut st = ShortTermRefPicSet::default();
+    let idx = usize::from(sps.num_short_term_ref_pic_sets);
+    if idx != 0 {
+        st.inter_ref_pic_set_prediction_flag = r.flag()?;
+    }
+    if st.inter_ref_pic_set_prediction_flag {
+        st.delta_idx_minus1 = r.ue()? as u8;
+        st.delta_rps_sign = r.flag()?;
+        st.abs_delta_rps_minus1 = r.ue()? as u16;
+        let ref_idx = idx
+            .checked_sub(usize::from(st.delta_idx_minus1) + 1)
+            .ok_or_else(|| bs("delta_idx_minus1"))?;
+        let rs = &sps.short_term_ref_pic_set[ref_idx];
+        let delta_rps =
+            (1 - 2 * i32::from(st.delta_rps_sign)) * (i32::from(st.abs_delta_rps_minus1) + 1);
+        let (nn, np) = (
+            usize::from(rs.num_negative_pics),
+            usize::from(rs.num_positive_pics),
+        );
+        let total = nn + np;
+        let mut used = vec![false; total + 1];
+        let mut use_delta = vec![true; total + 1];
+        for j in 0..=total {
+            used[j] = r.flag()?;
+            if !used[j] {
+                use_delta[j] = r.flag()?;
+            }
+        }
+        // Negative pictures: the reference set's positive ones (last
+        // first), the delta itself, then its negative ones.
+        let mut neg = Vec::new();
+        for j in (0..np).rev() {
+            let d = rs.delta_poc_s1[j] + delta_rps;
+            if d < 0 && use_delta[nn + j] {
+                neg.push((d, used[nn + j]));
+            }
+        }
+        if delta_rps < 0 && use_delta[total] {
+            neg.push((delta_rps, used[total]));
+        }
+        for j in 0..nn {
+            let d = rs.delta_poc_s0[j] + delta_rps;
+            if d < 0 && use_delta[j] {
+                neg.push((d, used[j]));
+            }
+        }
+        let mut pos = Vec::new();
+        for j in (0..nn).rev() {
+            let d = rs.delta_poc_s0[j] + delta_rps;
+            if d > 0 && use_delta[j] {
+                pos.push((d, used[j]));
+            }
+        }
+        if delta_rps > 0 && use_delta[total] {
+            pos.push((delta_rps, used[total]));
+        }
+        for j in 0..np {
+            let d = rs.delta_poc_s1[j] + delta_rps;
+            if d > 0 && use_delta[nn + j] {
+                pos.push((d, used[nn + j]));
+            }
+        }
+        if neg.len() > st.delta_poc_s0.len() || pos.len() > st.delta_poc_s1.len() {
+            return Err(bs("reference picture set too large"));
+        }
+        for (i, (d, u)) in neg.iter().enumerate() {
+            st.delta_poc_s0[i] = *d;
+            st.used_by_curr_pic_s0[i] = *u;
+        }
+        for (i, (d, u)) in pos.iter().enumerate() {
+            st.delta_poc_s1[i] = *d;
+            st.used_by_curr_pic_s1[i] = *u;
+        }
+        st.num_negative_pics = neg.len() as u8;
+        st.num_positive_pics = pos.len() as u8;
+    } else {
+        let nn = r.ue()?;
+        let np = r.ue()?;
+        if nn as usize > st.delta_poc_s0.len() || np as usize > st.delta_poc_s1.len() {
+            return Err(bs("reference picture set too large"));
+        }
+        st.num_negative_pics = nn as u8;
+        st.num_positive_pics = np as u8;
+        let mut prev = 0;
+        for i in 0..nn as usize {
+            prev -= r.ue()? as i32 + 1;
+            st.delta_poc_s0[i] = prev;
+            st.used_by_curr_pic_s0[i] = r.flag()?;
+        }
+        let mut prev = 0;
+        for i in 0..np as usize {
+            prev += r.ue()? as i32 + 1;
+            st.delta_poc_s1[i] = prev;
+            st.used_by_curr_pic_s1[i] = r.flag()?;
+        }
+    }
+    st.num_delta_pocs = u32::from(st.num_negative_pics) + u32::from(st.num_positive_pics);
+    Ok(st)
+}
+
+/// `pred_weight_table()` (7.3.6.3) into the parser's struct.
+fn read_pred_weights(
+    r: &mut RbspReader,
+    h: &mut SliceHeader,
+    chroma: bool,
+) -> Result<(), ClientError> {
+    let t = &mut h.pred_weight_table;
+    t.luma_log2_weight_denom = r.ue()?.min(7) as u8;
+    if chroma {
+        t.delta_chroma_log2_weight_denom = r.se()? as i8;
+    }
+    let lists = if h.type_.is_b() { 2 } else { 1 };
+    for l in 0..lists {
+        let n = usize::from(if l == 0 {
+            h.num_ref_idx_l0_active_minus1
+        } else {
+            h.num_ref_idx_l1_active_minus1
+        }) + 1;
+        let n = n.min(15);
+        let mut lf = [false; 15];
+        let mut cf = [false; 15];
+        for f in lf.iter_mut().take(n) {
+            *f = r.flag()?;
+        }
+        if chroma {
+            for f in cf.iter_mut().take(n) {
+                *f = r.flag()?;
+            }
+        }
+        for i in 0..n {
+            let (dlw, lo, dcw, dco) = if l == 0 {
+                (
+                    &mut t.delta_luma_weight_l0,
+                    &mut t.luma_offset_l0,
+                    &mut t.delta_chroma_weight_l0,
+                    &mut t.delta_chroma_offset_l0,
+                )
+            } else {
+                (
+                    &mut t.delta_luma_weight_l1,
+                    &mut t.luma_offset_l1,
+                    &mut t.delta_chroma_weight_l1,
+                    &mut t.delta_chroma_offset_l1,
+                )
+            };
+            if lf[i] {
+                dlw[i] = r.se()? as i8;
+                lo[i] = r.se()? as i8;
+            }
+            if cf[i] {
+                for j in 0..2 {
+                    dcw[i][j] = r.se()? as i8;
+                    dco[i][j] = r.se()? as i16;
+                }
+            }
+        }
+        if l == 0 {
+            t.luma_weight_l0_flag = lf;
+            t.chroma_weight_l0_flag = cf;
+        } else {
+            t.luma_weight_l1_flag = lf;
+            t.chroma_weight_l1_flag = cf;
+        }
+    }
+    Ok(())
 }
 
 fn put<T: CompoundControl + IntoBytes + zerocopy::Immutable>(v: &mut ControlValues, c: &T) {
@@ -456,7 +959,17 @@ impl HevcParser {
             epoch: 0,
             pictures: 0,
             seen_irap: false,
+            own_reader: false,
         }
+    }
+
+    /// Reads every slice segment header with this module's own reader
+    /// instead of cros-codecs' (which is otherwise used except for headers
+    /// with more than 32 entry points); lets tests check that reader on
+    /// whole streams.
+    pub fn with_own_slice_reader(mut self) -> Self {
+        self.own_reader = true;
+        self
     }
 
     /// Reads an Annex B file.
@@ -494,26 +1007,68 @@ impl HevcParser {
             // cros-codecs indexes a fixed 32-entry array with the coded
             // entry point count: a slice with more entry points panics
             // there, which becomes an error here.
+            // (The slice is then read by this module's own reader.)
+            // Use this module's reader directly when the picture may have
+            // more entry points than cros-codecs' header holds.
+            let many_entry_points = peek_pps_id(&nal[3..])
+                .and_then(|id| self.parser.get_pps(id))
+                .is_some_and(|pps| {
+                    let rows = pps.sps.pic_height_in_ctbs_y;
+                    let tiles = if pps.tiles_enabled_flag {
+                        (u32::from(pps.num_tile_columns_minus1) + 1)
+                            * (u32::from(pps.num_tile_rows_minus1) + 1)
+                    } else {
+                        1
+                    };
+                    let bound = if pps.entropy_coding_sync_enabled_flag {
+                        rows * (u32::from(pps.num_tile_columns_minus1) + 1)
+                    } else {
+                        tiles
+                    };
+                    bound > 32
+                });
             let parser = &mut self.parser;
-            let mut slice = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                parser.parse_slice_header(parsed)
-            }))
-            .map_err(|_| {
-                ClientError::Unsupported(
-                    "slice header the parser cannot handle (more than 32 entry points?)".into(),
-                )
-            })?
-            .map_err(bs)?;
-            if slice.header.dependent_slice_segment_flag {
-                let prev = self
-                    .last_independent
-                    .clone()
-                    .ok_or_else(|| bs("dependent slice segment first"))?;
-                slice.replace_header(prev).map_err(bs)?;
+            let parsed_hdr = if self.own_reader || many_entry_points {
+                Err(Box::new(()) as Box<dyn std::any::Any + Send>)
             } else {
-                self.last_independent = Some(slice.header.clone());
-            }
-            let hdr = slice.header;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    parser.parse_slice_header(parsed).map(|s| s.header)
+                }))
+            };
+            let (hdr, tail) = match parsed_hdr {
+                Ok(h) => {
+                    let mut h = h.map_err(bs)?;
+                    if h.dependent_slice_segment_flag {
+                        let mut prev = self
+                            .last_independent
+                            .clone()
+                            .ok_or_else(|| bs("dependent slice segment first"))?;
+                        prev.first_slice_segment_in_pic_flag = h.first_slice_segment_in_pic_flag;
+                        prev.no_output_of_prior_pics_flag = h.no_output_of_prior_pics_flag;
+                        prev.dependent_slice_segment_flag = true;
+                        prev.segment_address = h.segment_address;
+                        prev.num_entry_point_offsets = h.num_entry_point_offsets;
+                        prev.offset_len_minus1 = h.offset_len_minus1;
+                        prev.entry_point_offset_minus1 = h.entry_point_offset_minus1;
+                        prev.header_bit_size = h.header_bit_size;
+                        h = prev;
+                    } else {
+                        self.last_independent = Some(h.clone());
+                    }
+                    (h, None)
+                }
+                Err(_) => {
+                    let (h, eps, bytes) = fallback_slice_header(
+                        &nal[3..],
+                        &self.parser,
+                        self.last_independent.as_ref(),
+                    )?;
+                    if !h.dependent_slice_segment_flag {
+                        self.last_independent = Some(h.clone());
+                    }
+                    (h, Some((eps, bytes)))
+                }
+            };
             if hdr.first_slice_segment_in_pic_flag {
                 if let Some(p) = self.current.take() {
                     self.finish_picture(p)?;
@@ -534,6 +1089,7 @@ impl HevcParser {
             c.slices.push(SliceUnit {
                 nal: nal[3..].to_vec(),
                 hdr,
+                tail,
                 nal_type: raw_type,
                 temporal_id_plus1,
             });
@@ -786,16 +1342,24 @@ impl HevcParser {
             let h = &s.hdr;
             let mut sp = V4l2CtrlHevcSliceParams::default_value();
             sp.bit_size = (s.nal.len() * 8) as u32;
-            let rbsp_bytes = (h.header_bit_size / 8) as usize;
+            let rbsp_bytes = match &s.tail {
+                Some((_, bytes)) => *bytes,
+                None => (h.header_bit_size / 8) as usize,
+            };
             sp.data_byte_offset = escaped_offset(&s.nal, rbsp_bytes)
                 .filter(|&o| o < s.nal.len())
                 .ok_or_else(|| bs("slice header overruns its NAL unit"))?
                 as u32;
-            sp.num_entry_point_offsets = h.num_entry_point_offsets;
-            let n_ep = (h.num_entry_point_offsets as usize).min(32);
-            entry_points.push(h.entry_point_offset_minus1[..n_ep].to_vec());
-            if n_ep != h.num_entry_point_offsets as usize {
-                return Err(ClientError::Unsupported("more than 32 entry points".into()));
+            match &s.tail {
+                Some((eps, _)) => {
+                    sp.num_entry_point_offsets = eps.len() as u32;
+                    entry_points.push(eps.clone());
+                }
+                None => {
+                    sp.num_entry_point_offsets = h.num_entry_point_offsets;
+                    let n_ep = (h.num_entry_point_offsets as usize).min(32);
+                    entry_points.push(h.entry_point_offset_minus1[..n_ep].to_vec());
+                }
             }
             sp.nal_unit_type = s.nal_type;
             sp.nuh_temporal_id_plus1 = s.temporal_id_plus1;

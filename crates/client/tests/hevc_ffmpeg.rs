@@ -231,7 +231,10 @@ fn decode_jobs(jobs: &[Job], ten_bit: bool, want: &[String]) -> RunResult {
 }
 
 fn all_jobs(file: &Path, packing: Packing) -> Vec<Job> {
-    let mut p = HevcParser::from_file(file, packing).unwrap();
+    collect(HevcParser::from_file(file, packing).unwrap())
+}
+
+fn collect(mut p: HevcParser) -> Vec<Job> {
     let mut jobs = Vec::new();
     while let Some(j) = p.next_job().unwrap() {
         jobs.push(j);
@@ -303,6 +306,16 @@ fn streams() -> Vec<Stream> {
             packings: &[PER_PIC],
         },
         Stream {
+            // 35 CTB rows with WPP: 34 entry points per slice, more than
+            // cros-codecs' slice header holds (own reader).
+            name: "main_wpp_34_entry_points_64x560",
+            size: (64, 560),
+            frames: 8,
+            ten_bit: false,
+            args: &["--ctu", "16", "--bframes", "2", "--keyint", "4"],
+            packings: &[PER_PIC],
+        },
+        Stream {
             name: "main10_176x144",
             size: (176, 144),
             frames: 25,
@@ -342,6 +355,24 @@ fn hevc_streams_decode_bit_exact_through_jobs() {
             if r.exact != want.len() || r.frames != want.len() || !r.errors.is_empty() {
                 failures.push(format!("{} {packing:?}", s.name));
             }
+        }
+        // The module's own slice header reader on every slice of the
+        // stream gives the same jobs' pictures.
+        let jobs = collect(
+            HevcParser::from_file(&file, PER_PIC)
+                .unwrap()
+                .with_own_slice_reader(),
+        );
+        let r = decode_jobs(&jobs, s.ten_bit, &want);
+        eprintln!(
+            "{} own slice header reader: {}/{} frames exact, errors {:?}",
+            s.name,
+            r.exact,
+            want.len(),
+            r.errors
+        );
+        if r.exact != want.len() || !r.errors.is_empty() {
+            failures.push(format!("{} own reader", s.name));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
