@@ -31,6 +31,29 @@
 //! DPB would not match the client's, so the session resets and skips
 //! pictures until the next IDR instead of producing wrong pictures. Decoding
 //! errors do the same.
+//!
+//! # HEVC
+//!
+//! [`FfmpegHevc`]: VPS, SPS and PPS are rebuilt from the controls and each
+//! slice NAL unit gets a new slice segment header coded from the slice and
+//! decode parameters, followed by the client's slice data (see
+//! [`hevc_nal`]: the V4L2 controls lack what libavcodec would need to parse
+//! the client's own headers, such as the SPS reference picture sets). The
+//! capture works as for H.264, keeping the *first* picture allocated during
+//! the packet (libavcodec allocates stand-ins for missing references after
+//! the current picture). Decoding restarts at IRAP pictures; RASL pictures
+//! whose references are gone fail alone.
+//!
+//! # VP8 and VP9
+//!
+//! [`FfmpegVpx`]: a job holds a whole frame, which libavcodec decodes as it
+//! is; the controls are checked against the frame header and the CAPTURE
+//! format, the references against the reference slots. Hidden frames
+//! (altref) are decoded but never output by libavcodec; their picture is
+//! captured from `get_buffer2` all the same.
+//!
+//! [`plain_decode`] and [`plain_decode_packets`] decode streams with
+//! libavcodec alone, the baseline of the speed tests.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
