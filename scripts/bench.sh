@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks `daedalus decode` (embedded stack) against a direct decode of the
 # same 1080p stream by libavcodec / dav1d (through ffmpeg) with the same
-# thread count, in one run, and prints frames/s and their ratio per codec.
+# thread count, in one run, and prints frames/s and their ratio per codec,
+# then the per-job overhead outside the backend's decode call.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${CARGO_TARGET_DIR:-$root/target}/release/daedalus
@@ -12,6 +13,7 @@ mkdir -p "$dir"
 ff() { ffmpeg -nostdin -hide_banner -loglevel error -y "$@"; }
 src="-f lavfi -i testsrc2=size=1920x1080:rate=30,format=yuv420p -frames:v $frames"
 [ -s "$dir/h264.h264" ] || ff $src -c:v libx264 -preset veryfast -bf 3 "$dir/h264.h264"
+[ -s "$dir/hevc.hevc" ] || ff $src -c:v libx265 -preset veryfast -x265-params log-level=error "$dir/hevc.hevc"
 [ -s "$dir/vp9.ivf" ] || ff $src -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 4M "$dir/vp9.ivf"
 [ -s "$dir/av1.ivf" ] || ff $src -c:v libsvtav1 -preset 12 "$dir/av1.ivf"
 
@@ -29,8 +31,9 @@ best() {
     echo "$best"
 }
 status=0
+stats=()
 printf '%-6s %12s %12s %8s\n' codec "direct fps" "daedalus fps" ratio
-for s in h264:h264.h264:h264 vp9:vp9.ivf:libvpx-vp9 av1:av1.ivf:libdav1d; do
+for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:libdav1d; do
     IFS=: read -r name file dec <<< "$s"
     direct=$(best ffmpeg -nostdin -loglevel error -threads "$threads" -c:v "$dec" -i "$dir/$file" -f null -)
     ours=$(best "$bin" decode "$dir/$file" --threads "$threads")
@@ -43,5 +46,7 @@ for s in h264:h264.h264:h264 vp9:vp9.ivf:libvpx-vp9 av1:av1.ivf:libdav1d; do
     fi
     fo=$(echo "$frames / $ours" | bc -l)
     printf '%-6s %12.1f %12.1f %8.3f\n' "$name" "$fd" "$fo" "$(echo "$fo / $fd" | bc -l)"
+    stats+=("$name: $("$bin" decode "$dir/$file" --threads "$threads" --job-stats 2>&1 | grep 'per-job overhead')")
 done
+printf '%s\n' "${stats[@]}"
 exit $status
