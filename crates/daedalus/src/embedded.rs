@@ -6,22 +6,28 @@
 //! /dev/videoN — S_FMT, REQBUFS, STREAMON, then per job a media request
 //! with controls and one OUTPUT buffer, CAPTURE buffers queued and
 //! dequeued — only the ioctls are method calls on the device.
+//!
+//! Like a kernel driver's bridge, a receiver thread owns the receive side of
+//! the socket: it applies every daemon result as soon as it arrives (which
+//! dispatches the next queued job at once), runs the device's timers and
+//! wakes the decode loop when buffers are done. The device sits under one
+//! mutex shared by that thread and the [`Frontend`] methods.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use daedalus_daemon::server::{Server, ServerConfig};
-use daedalus_daemon::transport::{SeqPacket, Shutdown, Transport};
+use daedalus_daemon::transport::{SeqPacket, Shutdown, Transport, TransportError};
 use decoder_core::ctrl::ControlValues;
 use decoder_core::fmt::{self, PixFormat};
 use decoder_core::proto;
 use decoder_core::state::{
-    BufError, Config, CtxId, Dequeued, Device, Event, Link, Memory, QbufArgs, Queue, Which,
-    BUF_FLAG_ERROR, BUF_FLAG_M2M_HOLD_CAPTURE_BUF,
+    BufError, BufState, Config, CtxId, Dequeued, Device, Event, Link, Memory, QbufArgs, Queue,
+    Which, BUF_FLAG_ERROR, BUF_FLAG_M2M_HOLD_CAPTURE_BUF,
 };
 
 use crate::frontend::{Frontend, Picture};
@@ -32,24 +38,75 @@ pub const OUTPUT_BUFFERS: u32 = 4;
 /// CAPTURE buffers: a full H.264 DPB plus reordering headroom.
 pub const CAPTURE_BUFFERS: u32 = 32;
 
+/// Longest the receiver thread sleeps without looking at the device's
+/// timers (a job dispatched by the decode loop may set an earlier deadline
+/// than the one it went to sleep with).
+const RECEIVER_TICK: Duration = Duration::from_millis(100);
+
+/// CAPTURE buffers handed to the device at a time: one per OUTPUT buffer
+/// (every job the device can hold has its picture buffer) and one spare.
+/// The rest wait in [`Core::cap_pool`], so that the buffers the decode loop
+/// returned last, still warm in caches and page tables, are reused first
+/// instead of cycling through all [`CAPTURE_BUFFERS`].
+const CAPTURE_IN_DEVICE: usize = OUTPUT_BUFFERS as usize + 1;
+
+/// Per-job timing: dispatch instants by job timestamp, finished round trips.
+type Timing = (HashMap<u64, Instant>, Vec<(u64, Duration)>);
+
+/// The device and what either thread needs to drive it, under
+/// [`Shared::core`].
+#[derive(Debug)]
+struct Core {
+    dev: Device,
+    link: Arc<SeqPacket>,
+    /// Duplicates of every OUTPUT / CAPTURE plane's memfd, to pass to the
+    /// daemon from whichever thread sends a buffer's first use. The
+    /// mappings themselves stay with the decode loop.
+    out_fds: Vec<Vec<OwnedFd>>,
+    cap_fds: Vec<Vec<OwnedFd>>,
+    epoch: Instant,
+    /// Timestamp of the job in each OUTPUT buffer.
+    out_ts: Vec<u64>,
+    timing: Option<Timing>,
+    ctx: CtxId,
+    /// CAPTURE buffers the decode loop queued that are not yet queued to
+    /// the device; the last one returned is queued first.
+    cap_pool: Vec<u32>,
+    /// CAPTURE buffers the device owns (queued, or in a job).
+    cap_owned: usize,
+}
+
+/// What the decode loop and the receiver thread share.
+#[derive(Debug)]
+struct Shared {
+    core: Mutex<Core>,
+    /// Signalled when the receiver thread applied daemon traffic or ran
+    /// the timers (buffers may be done, the link state may have changed).
+    progress: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock ends the process's decode anyway;
+        // the device state itself is never left half-updated by our code.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// One decoding context of the embedded stack.
 #[derive(Debug)]
 pub struct Embedded {
-    dev: Device,
+    shared: Arc<Shared>,
     ctx: CtxId,
     link: Arc<SeqPacket>,
     shutdown: Shutdown,
     server: Option<JoinHandle<()>>,
+    receiver: Option<JoinHandle<()>>,
     out_bufs: Vec<Vec<SharedPlane>>,
     cap_bufs: Vec<Vec<SharedPlane>>,
+    /// OUTPUT buffers dequeued by the decode loop (free to fill).
     free_out: Vec<u32>,
     cap_fmt: PixFormat,
-    epoch: Instant,
-    rx: Vec<u8>,
-    /// Timestamp of the job in each OUTPUT buffer.
-    out_ts: Vec<u64>,
-    /// Per-job timing, when on: dispatch instants and finished round trips.
-    timing: Option<(HashMap<u64, Instant>, Vec<(u64, Duration)>)>,
 }
 
 impl Embedded {
@@ -112,69 +169,281 @@ impl Embedded {
         let cap_fmt = dev
             .set_format(ctx, Queue::Capture, want)
             .map_err(|e| anyhow!("S_FMT(CAPTURE): {e}"))?;
-        let mut this = Embedded {
+        let out_bufs = allocate(&mut dev, ctx, Queue::Output, OUTPUT_BUFFERS)?;
+        let cap_bufs = allocate(&mut dev, ctx, Queue::Capture, CAPTURE_BUFFERS)?;
+        let link = Arc::new(front);
+        let core = Core {
             dev,
-            ctx,
-            link: Arc::new(front),
-            shutdown,
-            server: Some(server_thread),
-            out_bufs: Vec::new(),
-            cap_bufs: Vec::new(),
-            free_out: Vec::new(),
-            cap_fmt,
+            link: link.clone(),
+            out_fds: dup_fds(&out_bufs)?,
+            cap_fds: dup_fds(&cap_bufs)?,
             epoch: Instant::now(),
-            rx: vec![0u8; proto::DV_MAX_MSG_SIZE as usize],
-            out_ts: vec![0; OUTPUT_BUFFERS as usize],
+            out_ts: vec![0; out_bufs.len()],
             timing: None,
+            ctx,
+            cap_pool: Vec::with_capacity(cap_bufs.len()),
+            cap_owned: 0,
         };
-        this.allocate(Queue::Output, OUTPUT_BUFFERS)?;
-        this.allocate(Queue::Capture, CAPTURE_BUFFERS)?;
-        this.free_out = (0..OUTPUT_BUFFERS).rev().collect();
-        let now = this.now();
-        for q in [Queue::Output, Queue::Capture] {
-            this.dev
-                .streamon(ctx, q, now)
-                .map_err(|e| anyhow!("STREAMON: {e}"))?;
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            progress: Condvar::new(),
+        });
+        let mut this = Embedded {
+            shared: shared.clone(),
+            ctx,
+            link: link.clone(),
+            shutdown: shutdown.clone(),
+            server: Some(server_thread),
+            receiver: None,
+            free_out: (0..out_bufs.len() as u32).rev().collect(),
+            out_bufs,
+            cap_bufs,
+            cap_fmt,
+        };
+        // From here on, dropping `this` stops the threads.
+        {
+            let mut core = this.shared.lock();
+            let now = core.now();
+            for q in [Queue::Output, Queue::Capture] {
+                core.dev
+                    .streamon(ctx, q, now)
+                    .map_err(|e| anyhow!("STREAMON: {e}"))?;
+            }
+            core.dev.daemon_attach(now);
+            core.flush_tx();
         }
-        this.dev.daemon_attach(now);
-        this.flush_tx()?;
-        while !matches!(this.dev.link(), Link::Attached { .. }) {
-            if this.dev.link() == Link::Detached {
+        // Started once the link is up: the receiver ends when it is down.
+        this.receiver = Some(
+            std::thread::Builder::new()
+                .name("daedalus-rx".into())
+                .spawn(move || receiver(&shared, &link, &shutdown))?,
+        );
+        let mut core = this.shared.lock();
+        while !matches!(core.dev.link(), Link::Attached { .. }) {
+            if core.dev.link() == Link::Detached {
                 bail!("the daemon refused the handshake");
             }
-            this.pump(Some(Duration::from_millis(100)))?;
+            core = this
+                .shared
+                .progress
+                .wait_timeout(core, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            core.service(Instant::now());
         }
+        drop(core);
         Ok(this)
     }
 
-    fn allocate(&mut self, q: Queue, n: u32) -> Result<()> {
-        let got = self
-            .dev
-            .reqbufs(self.ctx, q, Memory::Mmap, n)
-            .map_err(|e| anyhow!("REQBUFS: {e}"))?;
-        let mut bufs = Vec::new();
-        for i in 0..got {
-            let info = self.dev.buffer(self.ctx, q, i).expect("allocated");
-            let planes = (0..info.num_planes as usize)
+    /// Turns per-job timing on.
+    pub fn enable_timing(&mut self) {
+        self.shared.lock().timing = Some((HashMap::new(), Vec::new()));
+    }
+}
+
+/// REQBUFS on `q` and one memfd mapping per plane of every buffer.
+fn allocate(dev: &mut Device, ctx: CtxId, q: Queue, n: u32) -> Result<Vec<Vec<SharedPlane>>> {
+    let got = dev
+        .reqbufs(ctx, q, Memory::Mmap, n)
+        .map_err(|e| anyhow!("REQBUFS: {e}"))?;
+    (0..got)
+        .map(|i| {
+            let info = dev.buffer(ctx, q, i).expect("allocated");
+            (0..info.num_planes as usize)
                 .map(|p| SharedPlane::new("daedalus-buf", info.length[p] as usize))
-                .collect::<std::io::Result<Vec<_>>>()?;
-            bufs.push(planes);
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(Into::into)
+        })
+        .collect()
+}
+
+fn dup_fds(bufs: &[Vec<SharedPlane>]) -> Result<Vec<Vec<OwnedFd>>> {
+    bufs.iter()
+        .map(|planes| {
+            planes
+                .iter()
+                .map(|p| p.fd().try_clone_to_owned().context("dup of a memfd"))
+                .collect()
+        })
+        .collect()
+}
+
+/// The receiver thread: waits for daemon datagrams (or the device's next
+/// deadline) and applies them at once, until `shutdown` or the link ends.
+fn receiver(shared: &Shared, link: &SeqPacket, shutdown: &Shutdown) {
+    let mut rx = vec![0u8; proto::DV_MAX_MSG_SIZE as usize];
+    loop {
+        let wait = {
+            let core = shared.lock();
+            if core.dev.link() == Link::Detached {
+                // Nothing more will come (or be sent); the decode loop runs
+                // the timers from here on.
+                return;
+            }
+            core.dev.next_deadline().map_or(RECEIVER_TICK, |d| {
+                RECEIVER_TICK.min(Duration::from_nanos(d.saturating_sub(core.now())))
+            })
+        };
+        let link_fd = link.as_fd();
+        let sd_fd = shutdown.as_fd();
+        let mut fds = [
+            rustix::event::PollFd::new(&link_fd, rustix::event::PollFlags::IN),
+            rustix::event::PollFd::new(&sd_fd, rustix::event::PollFlags::IN),
+        ];
+        let ts = rustix::event::Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: wait.subsec_nanos() as i64,
+        };
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!("daemon link poll: {e}");
+                let mut core = shared.lock();
+                core.link_lost();
+                shared.progress.notify_all();
+                return;
+            }
         }
-        match q {
-            Queue::Output => self.out_bufs = bufs,
-            Queue::Capture => self.cap_bufs = bufs,
+        if !fds[1].revents().is_empty() {
+            return;
+        }
+        if fds[0].revents().is_empty() {
+            // A deadline (or the periodic look) came.
+            shared.lock().service(Instant::now());
+            shared.progress.notify_all();
+            continue;
+        }
+        let got = link.try_recv(&mut rx);
+        // The result's receipt, before waiting for the lock.
+        let at = Instant::now();
+        let mut core = shared.lock();
+        match got {
+            Ok(n) => {
+                let now = core.now();
+                if let Err(e) = core.dev.daemon_receive(&rx[..n], now) {
+                    tracing::warn!("daemon message refused, link dropped: {e}");
+                    core.link.close();
+                }
+                core.service(at);
+            }
+            Err(TransportError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                tracing::warn!("daemon link: {e}");
+                core.link_lost();
+            }
+        }
+        drop(core);
+        shared.progress.notify_all();
+    }
+}
+
+impl Core {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The link failed: detach the daemon (its jobs complete with ERROR).
+    fn link_lost(&mut self) {
+        let now = self.now();
+        self.dev.daemon_detach(now);
+        self.link.close();
+        self.drain_events(Instant::now());
+    }
+
+    /// Runs the timers, takes the events (`at`: when the traffic that
+    /// raised them arrived) and sends what the device queued — the next
+    /// job's dispatch among it.
+    fn service(&mut self, at: Instant) {
+        let now = self.now();
+        self.dev.tick(now);
+        self.drain_events(at);
+        if let Err(e) = self.refill_capture() {
+            tracing::warn!("{e}");
+        }
+        self.flush_tx();
+    }
+
+    /// QBUF of pooled CAPTURE buffers while the device owns fewer than
+    /// [`CAPTURE_IN_DEVICE`].
+    fn refill_capture(&mut self) -> Result<()> {
+        while self.cap_owned < CAPTURE_IN_DEVICE {
+            let Some(index) = self.cap_pool.pop() else {
+                break;
+            };
+            let now = self.now();
+            self.dev
+                .qbuf(
+                    self.ctx,
+                    Queue::Capture,
+                    index,
+                    Memory::Mmap,
+                    QbufArgs::default(),
+                    now,
+                )
+                .map_err(|e| anyhow!("QBUF(CAPTURE {index}): {e}"))?;
+            self.cap_owned += 1;
         }
         Ok(())
     }
 
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+    /// Sends every datagram the device queued, with buffer fds attached.
+    fn flush_tx(&mut self) {
+        while let Some(o) = self.dev.poll_transmit() {
+            if let Some((dispatched, _)) = self.timing.as_mut() {
+                if let Ok(proto::Message::Decode(job, _)) = proto::decode(&o.bytes) {
+                    dispatched.insert(job.timestamp, Instant::now());
+                }
+            }
+            let fds: Vec<BorrowedFd<'_>> = match o.fds {
+                Some((_, q, i)) => {
+                    let bufs = match q {
+                        Queue::Output => &self.out_fds,
+                        Queue::Capture => &self.cap_fds,
+                    };
+                    bufs[i as usize].iter().map(|p| p.as_fd()).collect()
+                }
+                None => Vec::new(),
+            };
+            if let Err(e) = self.link.send(&o.bytes, &fds) {
+                tracing::warn!("daemon link lost: {e}");
+                let now = self.now();
+                self.dev.daemon_detach(now);
+                return;
+            }
+        }
+    }
+
+    fn drain_events(&mut self, at: Instant) {
+        while let Some(ev) = self.dev.poll_event() {
+            match ev {
+                Event::DaemonDetached { .. } => tracing::warn!("the daemon detached"),
+                Event::BufferDone {
+                    queue: Queue::Output,
+                    index,
+                    ..
+                } => {
+                    if let Some((dispatched, done)) = self.timing.as_mut() {
+                        let ts = self.out_ts[index as usize];
+                        if let Some(t0) = dispatched.remove(&ts) {
+                            done.push((ts, at.saturating_duration_since(t0)));
+                        }
+                    }
+                }
+                Event::BufferDone {
+                    queue: Queue::Capture,
+                    ..
+                } => self.cap_owned = self.cap_owned.saturating_sub(1),
+                _ => {}
+            }
+        }
     }
 }
 
 impl Frontend for Embedded {
     fn take_job_timings(&mut self) -> Vec<(u64, Duration)> {
-        self.timing
+        self.shared
+            .lock()
+            .timing
             .as_mut()
             .map(|(_, d)| std::mem::take(d))
             .unwrap_or_default()
@@ -197,20 +466,21 @@ impl Frontend for Embedded {
             .collect()
     }
 
-    /// Queues a CAPTURE buffer for decoding into.
+    /// Queues a CAPTURE buffer for decoding into (to the device at once
+    /// if it holds fewer than [`CAPTURE_IN_DEVICE`], else to the pool the
+    /// receiver thread refills it from).
     fn queue_capture(&mut self, index: u32) -> Result<()> {
-        let now = self.now();
-        self.dev
-            .qbuf(
-                self.ctx,
-                Queue::Capture,
-                index,
-                Memory::Mmap,
-                QbufArgs::default(),
-                now,
-            )
-            .map_err(|e| anyhow!("QBUF(CAPTURE {index}): {e}"))?;
-        self.flush_tx()
+        let mut core = self.shared.lock();
+        match core.dev.buffer(self.ctx, Queue::Capture, index) {
+            None => bail!("QBUF(CAPTURE {index}): no such buffer"),
+            Some(b) if b.state != BufState::Dequeued || core.cap_pool.contains(&index) => {
+                bail!("QBUF(CAPTURE {index}): already queued")
+            }
+            Some(_) => core.cap_pool.push(index),
+        }
+        let r = core.refill_capture();
+        core.flush_tx();
+        r
     }
 
     /// True when an OUTPUT buffer is free for [`Embedded::submit`].
@@ -231,8 +501,11 @@ impl Frontend for Embedded {
             .free_out
             .pop()
             .ok_or_else(|| anyhow!("no free OUTPUT buffer"))?;
+        // A free (dequeued) OUTPUT buffer: neither the device nor the
+        // daemon touches its memory until the QBUF below.
         let plane = &mut self.out_bufs[index as usize][0];
         if bitstream.len() > plane.len() {
+            self.free_out.push(index);
             bail!(
                 "a {}-byte frame does not fit the {}-byte OUTPUT buffer",
                 bitstream.len(),
@@ -240,16 +513,26 @@ impl Frontend for Embedded {
             );
         }
         plane.bytes_mut()[..bitstream.len()].copy_from_slice(bitstream);
-        self.out_ts[index as usize] = timestamp;
-        let now = self.now();
-        let r = self
+        let ctrls: Vec<(u32, &[u8])> = controls.iter().collect();
+        let ctx = self.ctx;
+        let mut core = self.shared.lock();
+        core.out_ts[index as usize] = timestamp;
+        let now = core.now();
+        let r = core
             .dev
             .request_alloc()
-            .map_err(|e| anyhow!("REQUEST_ALLOC: {e}"))?;
-        let ctrls: Vec<(u32, &[u8])> = controls.iter().collect();
-        let result = self
+            .map_err(|e| anyhow!("REQUEST_ALLOC: {e}"));
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                drop(core);
+                self.free_out.push(index);
+                return Err(e);
+            }
+        };
+        let result = core
             .dev
-            .set_controls(self.ctx, Which::Request(r), &ctrls, false)
+            .set_controls(ctx, Which::Request(r), &ctrls, false)
             .map_err(|e| anyhow!("S_EXT_CTRLS: {e}"))
             .and_then(|_| {
                 let args = QbufArgs {
@@ -263,189 +546,111 @@ impl Frontend for Embedded {
                     request: Some(r),
                     memory_changed: false,
                 };
-                self.dev
-                    .qbuf(self.ctx, Queue::Output, index, Memory::Mmap, args, now)
+                core.dev
+                    .qbuf(ctx, Queue::Output, index, Memory::Mmap, args, now)
                     .map_err(|e| anyhow!("QBUF(OUTPUT): {e}"))
             })
             .and_then(|_| {
-                self.dev
+                core.dev
                     .request_queue(r, now)
                     .map_err(|e| anyhow!("REQUEST_QUEUE: {e}"))
             });
         // Like a client closing its request fd: a queued request lives on.
-        let _ = self.dev.request_close(r);
+        let _ = core.dev.request_close(r);
+        if result.is_ok() {
+            core.flush_tx();
+        }
+        drop(core);
         if result.is_err() {
             self.free_out.push(index);
         }
-        result?;
-        self.flush_tx()
+        result
     }
 
     /// Releases a held CAPTURE buffer (end of stream, multi-slice pictures).
     fn flush(&mut self) -> Result<()> {
-        self.dev
+        let mut core = self.shared.lock();
+        core.dev
             .decoder_flush(self.ctx)
             .map_err(|e| anyhow!("DECODER_CMD: {e}"))?;
-        self.flush_tx()
+        core.flush_tx();
+        Ok(())
     }
 
     /// OUTPUT buffers the device still owns.
     fn outputs_in_flight(&self) -> usize {
-        OUTPUT_BUFFERS as usize - self.free_out.len()
+        self.out_bufs.len() - self.free_out.len()
     }
 
-    /// Waits (at most `timeout`, or not at all with `Some(0)`) for daemon
-    /// traffic and returns the pictures dequeued meanwhile. Finished OUTPUT
-    /// buffers return to the free pool.
+    /// Waits (at most `timeout`, or not at all with `Some(0)`) until the
+    /// receiver thread completed buffers and returns the pictures dequeued.
+    /// Finished OUTPUT buffers return to the free pool.
     fn poll(&mut self, timeout: Duration) -> Result<Vec<Picture>> {
-        self.pump(Some(timeout))?;
+        let end = Instant::now() + timeout;
+        let mut core = self.shared.lock();
         let mut pics = Vec::new();
         loop {
-            match self.dev.dqbuf(self.ctx, Queue::Output) {
-                Ok(d) => self.free_out.push(d.index),
-                Err(BufError::WouldBlock) => break,
-                Err(e) => bail!("DQBUF(OUTPUT): {e}"),
+            // The timers, in case the receiver thread is gone (detached).
+            if core.dev.next_deadline().is_some_and(|d| d <= core.now()) {
+                core.service(Instant::now());
             }
-        }
-        loop {
-            match self.dev.dqbuf(self.ctx, Queue::Capture) {
-                Ok(Dequeued {
-                    index,
-                    flags,
-                    timestamp,
-                    ..
-                }) => pics.push(Picture {
-                    index,
-                    timestamp,
-                    error: flags & BUF_FLAG_ERROR != 0,
-                }),
-                Err(BufError::WouldBlock) => break,
-                Err(e) => bail!("DQBUF(CAPTURE): {e}"),
-            }
-        }
-        Ok(pics)
-    }
-}
-
-impl Embedded {
-    /// Sends every datagram the device queued, with buffer fds attached.
-    fn flush_tx(&mut self) -> Result<()> {
-        while let Some(o) = self.dev.poll_transmit() {
-            if let Some((dispatched, _)) = self.timing.as_mut() {
-                if let Ok(proto::Message::Decode(job, _)) = proto::decode(&o.bytes) {
-                    dispatched.insert(job.timestamp, Instant::now());
-                }
-            }
-            let fds: Vec<BorrowedFd<'_>> = match o.fds {
-                Some((_, q, i)) => {
-                    let bufs = match q {
-                        Queue::Output => &self.out_bufs,
-                        Queue::Capture => &self.cap_bufs,
-                    };
-                    bufs[i as usize].iter().map(|p| p.fd()).collect()
-                }
-                None => Vec::new(),
-            };
-            if let Err(e) = self.link.send(&o.bytes, &fds) {
-                tracing::warn!("daemon link lost: {e}");
-                let now = self.now();
-                self.dev.daemon_detach(now);
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
-    /// Receives what the daemon sent, within `timeout` and the device's
-    /// next deadline; runs the timers.
-    fn pump(&mut self, timeout: Option<Duration>) -> Result<()> {
-        let mut wait = timeout.unwrap_or(Duration::ZERO);
-        if let Some(d) = self.dev.next_deadline() {
-            wait = wait.min(Duration::from_nanos(d.saturating_sub(self.now())));
-        }
-        let mut first = true;
-        loop {
-            let t = if first { wait } else { Duration::ZERO };
-            first = false;
-            let link_fd = self.link.as_fd();
-            let mut fds = [rustix::event::PollFd::new(
-                &link_fd,
-                rustix::event::PollFlags::IN,
-            )];
-            let ts = rustix::event::Timespec {
-                tv_sec: t.as_secs() as i64,
-                tv_nsec: t.subsec_nanos() as i64,
-            };
-            let n = match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(n) => n,
-                Err(rustix::io::Errno::INTR) => 0,
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                break;
-            }
-            if !matches!(self.dev.link(), Link::Detached) {
-                match self.link.recv(&mut self.rx, &self.shutdown) {
-                    Ok(r) => {
-                        let now = self.now();
-                        if let Err(e) = self.dev.daemon_receive(&self.rx[..r.len], now) {
-                            tracing::warn!("daemon message refused, link dropped: {e}");
-                            self.link.close();
-                        }
-                        self.drain_events();
+            let mut any = false;
+            loop {
+                match core.dev.dqbuf(self.ctx, Queue::Output) {
+                    Ok(d) => {
+                        self.free_out.push(d.index);
+                        any = true;
                     }
-                    Err(e) => {
-                        tracing::warn!("daemon link: {e}");
-                        let now = self.now();
-                        self.dev.daemon_detach(now);
-                        self.link.close();
-                        break;
-                    }
+                    Err(BufError::WouldBlock) => break,
+                    Err(e) => bail!("DQBUF(OUTPUT): {e}"),
                 }
-            } else {
-                break;
             }
-        }
-        let now = self.now();
-        self.dev.tick(now);
-        self.drain_events();
-        self.flush_tx()
-    }
-
-    /// Turns per-job timing on.
-    pub fn enable_timing(&mut self) {
-        self.timing = Some((HashMap::new(), Vec::new()));
-    }
-
-    fn drain_events(&mut self) {
-        let at = Instant::now();
-        while let Some(ev) = self.dev.poll_event() {
-            match ev {
-                Event::DaemonDetached { .. } => tracing::warn!("the daemon detached"),
-                Event::BufferDone {
-                    queue: Queue::Output,
-                    index,
-                    ..
-                } => {
-                    if let Some((dispatched, done)) = self.timing.as_mut() {
-                        let ts = self.out_ts[index as usize];
-                        if let Some(t0) = dispatched.remove(&ts) {
-                            done.push((ts, at - t0));
-                        }
-                    }
+            loop {
+                match core.dev.dqbuf(self.ctx, Queue::Capture) {
+                    Ok(Dequeued {
+                        index,
+                        flags,
+                        timestamp,
+                        ..
+                    }) => pics.push(Picture {
+                        index,
+                        timestamp,
+                        error: flags & BUF_FLAG_ERROR != 0,
+                    }),
+                    Err(BufError::WouldBlock) => break,
+                    Err(e) => bail!("DQBUF(CAPTURE): {e}"),
                 }
-                _ => {}
             }
+            let now = Instant::now();
+            if any || !pics.is_empty() || now >= end {
+                return Ok(pics);
+            }
+            let mut wait = end - now;
+            if let Some(d) = core.dev.next_deadline() {
+                wait = wait.min(Duration::from_nanos(d.saturating_sub(core.now())));
+            }
+            core = self
+                .shared
+                .progress
+                .wait_timeout(core, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
 
 impl Drop for Embedded {
     fn drop(&mut self) {
-        let now = self.now();
-        self.dev.close_context(self.ctx, now);
-        let _ = self.flush_tx();
+        {
+            let mut core = self.shared.lock();
+            let now = core.now();
+            core.dev.close_context(self.ctx, now);
+            core.flush_tx();
+        }
         self.shutdown.trigger();
+        if let Some(t) = self.receiver.take() {
+            let _ = t.join();
+        }
         self.link.close();
         if let Some(t) = self.server.take() {
             let _ = t.join();

@@ -23,7 +23,9 @@ pub struct SharedPlane {
 unsafe impl Send for SharedPlane {}
 
 impl SharedPlane {
-    /// A zero-filled plane of `len` bytes.
+    /// A zero-filled plane of `len` bytes. The pages are not touched here:
+    /// whichever side writes them first (the daemon, for CAPTURE buffers)
+    /// allocates them, and a buffer never used costs no memory.
     pub fn new(name: &str, len: usize) -> std::io::Result<Self> {
         let fd = memfd_create(name, MemfdFlags::CLOEXEC)?;
         ftruncate(&fd, len as u64)?;
@@ -34,7 +36,7 @@ impl SharedPlane {
                 std::ptr::null_mut(),
                 len.max(1),
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::POPULATE,
+                MapFlags::SHARED,
                 &fd,
                 0,
             )?
