@@ -225,23 +225,25 @@ fn map_plane(
     let map_off = offset - offset % page;
     let start = (offset - map_off) as usize;
     let map_len = start + len;
-    // A writable (CAPTURE) plane is written whole by every decode: fault
-    // its pages in now, in one pass, rather than one page fault at a time
-    // during the first decodes into it. A read-only (bitstream) plane is
-    // mostly never read past its payload, so it is faulted in on demand.
-    let (prot, flags) = if writable {
-        (
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED | MapFlags::POPULATE,
-        )
+    let prot = if writable {
+        ProtFlags::READ | ProtFlags::WRITE
     } else {
-        (ProtFlags::READ, MapFlags::SHARED)
+        ProtFlags::READ
     };
     // SAFETY: a fresh shared mapping chosen by the kernel (null hint, no
     // MAP_FIXED) cannot overlap memory Rust owns; `map_off` is page aligned
     // and `map_off + map_len` was checked against the descriptor's size.
-    let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), map_len, prot, flags, fd, map_off) }
-        .map_err(sys("mmap"))?;
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            prot,
+            MapFlags::SHARED,
+            fd,
+            map_off,
+        )
+    }
+    .map_err(sys("mmap"))?;
     let ptr = NonNull::new(ptr).ok_or(BufferError::Sys {
         what: "mmap",
         err: std::io::Error::other("null mapping"),
