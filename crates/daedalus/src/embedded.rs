@@ -50,12 +50,6 @@ const RECEIVER_TICK: Duration = Duration::from_millis(100);
 /// instead of cycling through all [`CAPTURE_BUFFERS`].
 const CAPTURE_IN_DEVICE: usize = OUTPUT_BUFFERS as usize + 1;
 
-/// Pooled CAPTURE buffers (the next ones the device gets) whose memory the
-/// decode loop allocates ahead, while it would otherwise wait: the daemon
-/// then maps pages that exist instead of allocating them on the job's path
-/// when the buffer is first registered.
-const PREPARE_AHEAD: usize = 2;
-
 /// Per-job timing: dispatch instants by job timestamp, finished round trips.
 type Timing = (HashMap<u64, Instant>, Vec<(u64, Duration)>);
 
@@ -112,8 +106,6 @@ pub struct Embedded {
     cap_bufs: Vec<Vec<SharedPlane>>,
     /// OUTPUT buffers dequeued by the decode loop (free to fill).
     free_out: Vec<u32>,
-    /// CAPTURE buffers whose memory is allocated (see [`PREPARE_AHEAD`]).
-    cap_ready: Vec<bool>,
     cap_fmt: PixFormat,
 }
 
@@ -204,7 +196,6 @@ impl Embedded {
             server: Some(server_thread),
             receiver: None,
             free_out: (0..out_bufs.len() as u32).rev().collect(),
-            cap_ready: vec![false; cap_bufs.len()],
             out_bufs,
             cap_bufs,
             cap_fmt,
@@ -242,36 +233,6 @@ impl Embedded {
         }
         drop(core);
         Ok(this)
-    }
-
-    /// Allocates the memory of CAPTURE buffer `index` unless done already
-    /// (the memory stays lazily allocated until a buffer is about to be
-    /// used, so that buffers never used cost nothing).
-    fn prepare_capture(&mut self, index: u32) {
-        let i = index as usize;
-        if !self.cap_ready[i] {
-            self.cap_ready[i] = true;
-            for p in &self.cap_bufs[i] {
-                if let Err(e) = p.allocate() {
-                    // The daemon's first writes allocate the pages instead.
-                    tracing::debug!("allocating CAPTURE {index}: {e}");
-                }
-            }
-        }
-    }
-
-    /// Prepares the pooled CAPTURE buffers the device gets next.
-    fn prepare_pool(&mut self) {
-        let mut next = [None; PREPARE_AHEAD];
-        {
-            let core = self.shared.lock();
-            for (slot, &i) in next.iter_mut().zip(core.cap_pool.iter().rev()) {
-                *slot = Some(i);
-            }
-        }
-        for i in next.into_iter().flatten() {
-            self.prepare_capture(i);
-        }
     }
 
     /// Turns per-job timing on.
@@ -509,22 +470,14 @@ impl Frontend for Embedded {
     /// if it holds fewer than [`CAPTURE_IN_DEVICE`], else to the pool the
     /// receiver thread refills it from).
     fn queue_capture(&mut self, index: u32) -> Result<()> {
-        let to_device = {
-            let core = self.shared.lock();
-            match core.dev.buffer(self.ctx, Queue::Capture, index) {
-                None => bail!("QBUF(CAPTURE {index}): no such buffer"),
-                Some(b) if b.state != BufState::Dequeued || core.cap_pool.contains(&index) => {
-                    bail!("QBUF(CAPTURE {index}): already queued")
-                }
-                Some(_) => core.cap_pool.is_empty() && core.cap_owned < CAPTURE_IN_DEVICE,
-            }
-        };
-        // Only this thread queues CAPTURE buffers: `index` stays dequeued.
-        if to_device {
-            self.prepare_capture(index);
-        }
         let mut core = self.shared.lock();
-        core.cap_pool.push(index);
+        match core.dev.buffer(self.ctx, Queue::Capture, index) {
+            None => bail!("QBUF(CAPTURE {index}): no such buffer"),
+            Some(b) if b.state != BufState::Dequeued || core.cap_pool.contains(&index) => {
+                bail!("QBUF(CAPTURE {index}): already queued")
+            }
+            Some(_) => core.cap_pool.push(index),
+        }
         let r = core.refill_capture();
         core.flush_tx();
         r
@@ -634,7 +587,6 @@ impl Frontend for Embedded {
     /// Finished OUTPUT buffers return to the free pool.
     fn poll(&mut self, timeout: Duration) -> Result<Vec<Picture>> {
         let end = Instant::now() + timeout;
-        self.prepare_pool();
         let mut core = self.shared.lock();
         let mut pics = Vec::new();
         loop {
@@ -660,14 +612,10 @@ impl Frontend for Embedded {
                         flags,
                         timestamp,
                         ..
-                    }) => pics.push({
-                        // The daemon wrote it: its memory exists.
-                        self.cap_ready[index as usize] = true;
-                        Picture {
-                            index,
-                            timestamp,
-                            error: flags & BUF_FLAG_ERROR != 0,
-                        }
+                    }) => pics.push(Picture {
+                        index,
+                        timestamp,
+                        error: flags & BUF_FLAG_ERROR != 0,
                     }),
                     Err(BufError::WouldBlock) => break,
                     Err(e) => bail!("DQBUF(CAPTURE): {e}"),

@@ -24,8 +24,8 @@ unsafe impl Send for SharedPlane {}
 
 impl SharedPlane {
     /// A zero-filled plane of `len` bytes. The pages are not touched here:
-    /// [`SharedPlane::allocate`] or the first writer (the daemon, for
-    /// CAPTURE buffers) allocates them; a buffer never used costs nothing.
+    /// whichever side writes them first (the daemon, for CAPTURE buffers)
+    /// allocates them, and a buffer never used costs no memory.
     pub fn new(name: &str, len: usize) -> std::io::Result<Self> {
         let fd = memfd_create(name, MemfdFlags::CLOEXEC)?;
         ftruncate(&fd, len as u64)?;
@@ -43,19 +43,6 @@ impl SharedPlane {
         };
         let ptr = NonNull::new(p.cast::<u8>()).ok_or(std::io::ErrorKind::OutOfMemory)?;
         Ok(SharedPlane { fd, ptr, len })
-    }
-
-    /// Allocates the plane's (zero-filled) pages now, without mapping them:
-    /// a writer mapping them later only installs page table entries.
-    /// Contents already written are kept.
-    pub fn allocate(&self) -> std::io::Result<()> {
-        rustix::fs::fallocate(
-            &self.fd,
-            rustix::fs::FallocateFlags::empty(),
-            0,
-            self.len as u64,
-        )?;
-        Ok(())
     }
 
     /// The memfd, to send to the daemon.
@@ -105,9 +92,5 @@ mod tests {
         f.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"abcd");
         assert_eq!(p.len(), 4096);
-        // Allocating the pages keeps what was written.
-        p.allocate().unwrap();
-        assert_eq!(&p.bytes()[..4], b"abcd");
-        assert!(p.bytes()[4..].iter().all(|&x| x == 0));
     }
 }
