@@ -41,6 +41,7 @@ test: lint test-native test-corpus build-all test-vm
 build-all: uapi
     cargo build --release --workspace --bins --examples
     cargo test --release -p daedalus --bin daedalus --no-run
+    cargo test --release -p daedalus-daemon --test dmabuf --no-run
 
 # Fuzz each cargo-fuzz target for SECONDS (nightly if installed, else stable with RUSTC_BOOTSTRAP).
 fuzz SECONDS="30":

@@ -20,6 +20,11 @@ const SEC: Duration = Duration::from_secs(1);
 fn dev() -> Option<std::os::fd::OwnedFd> {
     let d = udmabuf_dev();
     if d.is_none() {
+        // tests/vm/30-daemon-dmabuf.sh sets this: there the paths must run.
+        assert!(
+            std::env::var_os("DAEDALUS_REQUIRE_UDMABUF").is_none(),
+            "DAEDALUS_REQUIRE_UDMABUF is set but /dev/udmabuf is not usable"
+        );
         eprintln!("no usable /dev/udmabuf here: dmabuf paths not exercised (run in the VM)");
     }
     d
