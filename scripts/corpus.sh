@@ -60,5 +60,12 @@ f=av1-svt; make_stream $f ivf nv12 -- ff $(src 176x144 16) -c:v libsvtav1 -prese
 f=av1-svt-long-gop; make_stream $f ivf nv12 -- ff $(src 176x144 80) -c:v libsvtav1 -preset 12 -g 64 $f.ivf
 f=av1-rav1e; make_stream $f ivf nv12 -- ff $(src 176x144 12) -c:v librav1e -speed 10 $f.ivf
 
+# ---- Containers (libavformat demuxing) ------------------------------------
+f=h264-mp4; make_stream $f mp4 nv12 -- ff $(src 176x144 24) -c:v libx264 -bf 2 $f.mp4
+f=hevc-mkv; make_stream $f mkv nv12 -- ff $(src 176x144 16) -c:v libx265 -x265-params log-level=error $f.mkv
+f=vp9-webm; make_stream $f webm nv12 -- ff $(src 176x144 20) -c:v libvpx-vp9 -b:v 200k $f.webm
+f=vp8-webm; make_stream $f webm nv12 -- ff $(src 176x144 16) -c:v libvpx -b:v 200k $f.webm
+f=av1-mp4; make_stream $f mp4 nv12 -- ff $(src 176x144 16) -c:v libaom-av1 -cpu-used 8 -b:v 100k $f.mp4
+
 mv "$manifest.new" "$manifest"
 echo "corpus: $(wc -l < "$manifest") streams in $out"

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use decoder_core::ctrl::{Codec, ControlValues};
 
 pub mod av1;
+pub mod demux;
 pub mod h264;
 pub mod hevc;
 pub mod ivf;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+use daedalus_client::demux::Elementary;
 use daedalus_client::{
     DisplayQueue, FrameEvent, FrameStreamParser, Job, PictureInfo, StreamParser,
 };
@@ -152,26 +153,45 @@ fn open_source(input: &Path) -> Result<Source> {
             )
             .with_context(|| format!("reading {}", input.display()))?,
         )),
-        "ivf" => {
-            let data = read()?;
-            let fourcc = data.get(8..12).unwrap_or_default();
-            match fourcc {
-                b"VP80" => Source::Frames(Box::new(daedalus_client::vp8::Vp8Parser::new(data)?)),
-                b"VP90" => Source::Frames(Box::new(daedalus_client::vp9::Vp9Parser::new(data)?)),
-                b"AV01" => Source::Frames(Box::new(daedalus_client::av1::Av1Parser::new(
+        "ivf" => ivf_source(input, read()?)?,
+        // Containers: libavformat, rewritten to Annex-B or IVF.
+        _ => match daedalus_client::demux::read(input).with_context(|| {
+            format!(
+                "{}: not Annex-B H.264/HEVC or IVF; demuxing",
+                input.display()
+            )
+        })? {
+            Elementary::H264(data) => {
+                Source::Reorder(Box::new(daedalus_client::h264::H264Parser::new(
                     data,
-                    daedalus_client::av1::Av1Options::default(),
-                )?)),
-                other => bail!(
-                    "{}: IVF with unsupported fourcc {:?}",
-                    input.display(),
-                    String::from_utf8_lossy(other)
-                ),
+                    daedalus_client::h264::Packing::PicturePerJob,
+                )))
             }
-        }
+            Elementary::Hevc(data) => {
+                Source::Reorder(Box::new(daedalus_client::hevc::HevcParser::new(
+                    data,
+                    daedalus_client::hevc::Packing::PicturePerJob,
+                )))
+            }
+            Elementary::Ivf(data) => ivf_source(input, data)?,
+        },
+    })
+}
+
+/// A parser for an IVF file by its fourcc.
+fn ivf_source(input: &Path, data: Vec<u8>) -> Result<Source> {
+    let fourcc = data.get(8..12).unwrap_or_default();
+    Ok(match fourcc {
+        b"VP80" => Source::Frames(Box::new(daedalus_client::vp8::Vp8Parser::new(data)?)),
+        b"VP90" => Source::Frames(Box::new(daedalus_client::vp9::Vp9Parser::new(data)?)),
+        b"AV01" => Source::Frames(Box::new(daedalus_client::av1::Av1Parser::new(
+            data,
+            daedalus_client::av1::Av1Options::default(),
+        )?)),
         other => bail!(
-            "{}: unsupported input type {other:?} (supported: .h264, .hevc, .ivf with VP8/VP9/AV1)",
-            input.display()
+            "{}: IVF with unsupported fourcc {:?}",
+            input.display(),
+            String::from_utf8_lossy(other)
         ),
     })
 }
