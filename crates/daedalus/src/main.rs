@@ -40,7 +40,7 @@ struct Cli {
 enum Cmd {
     /// Decode INPUT and write the pictures in display order.
     Decode {
-        /// Annex-B H.264 (.h264/.264/.avc) or HEVC (.hevc/.265), or IVF (.ivf: VP8, VP9, AV1).
+        /// Annex-B H.264 (.h264) or HEVC (.hevc), IVF (.ivf: VP8, VP9, AV1), or a container (MP4, MKV, WebM).
         input: PathBuf,
         /// Raw NV12 (P010 for 10-bit) output, visible area only.
         #[arg(short = 'o', long)]
