@@ -19,17 +19,8 @@ use daedalus_daemon::backend::{
 };
 use decoder_core::ctrl::{check_request, validate_write, Codec, ControlValues};
 
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("{cmd:?}: {e} (install aom-tools and ffmpeg: .ci/install-deps)")
-    });
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+mod common;
+use common::{reference_md5s, run};
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("daedalus-av1-{}-{name}", std::process::id()));
@@ -170,20 +161,6 @@ fn encode(dir: &Path, s: &Stream) -> PathBuf {
         .arg(&out)
         .arg(&src));
     out
-}
-
-fn reference_md5s(file: &Path, ten_bit: bool) -> Vec<String> {
-    let out = run(Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-i"])
-        .arg(file)
-        .args(["-pix_fmt", if ten_bit { "p010le" } else { "nv12" }])
-        .args(["-fps_mode", "passthrough", "-f", "framemd5", "-"]));
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.rsplit(',').next().unwrap().trim().to_owned())
-        .collect()
 }
 
 /// Tightly packed visible NV12 / P010 bytes of a coded-size buffer.

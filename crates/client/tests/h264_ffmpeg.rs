@@ -21,6 +21,9 @@ use decoder_core::ctrl::h264::{
 };
 use decoder_core::ctrl::{validate_write, Codec, ControlValues};
 
+mod common;
+use common::{reference_md5s, run};
+
 fn tool(name: &str) {
     let ok = Command::new(name)
         .arg("-version")
@@ -31,16 +34,6 @@ fn tool(name: &str) {
         ok,
         "`{name}` not found: install it (.ci/install-deps installs x264 and ffmpeg)"
     );
-}
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 struct Stream {
@@ -177,20 +170,6 @@ fn visible_bytes(buf: &[u8], info: &PictureInfo, sample: usize) -> Vec<u8> {
         out.extend_from_slice(&row[(l & !1) * sample..((l & !1) + 2 * w.div_ceil(2)) * sample]);
     }
     out
-}
-
-fn reference_md5s(file: &Path, ten_bit: bool) -> Vec<String> {
-    let out = run(Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-i"])
-        .arg(file)
-        .args(["-pix_fmt", if ten_bit { "p010le" } else { "nv12" }])
-        .args(["-fps_mode", "passthrough", "-f", "framemd5", "-"]));
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.rsplit(',').next().unwrap().trim().to_owned())
-        .collect()
 }
 
 struct RunResult {

@@ -20,19 +20,10 @@ use daedalus_client::{FrameEvent, FrameStreamParser, PictureInfo};
 use daedalus_daemon::backend::{self, CaptureFormat, CaptureTarget, JobFlags, JobInput};
 use decoder_core::ctrl::{validate_write, Codec, ControlValues};
 
-const CODEC: Codec = Codec::Vp8;
+mod common;
+use common::{reference_md5s, run};
 
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("{cmd:?}: {e} (install vpx-tools and ffmpeg: .ci/install-deps)")
-    });
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+const CODEC: Codec = Codec::Vp8;
 
 struct Stream {
     name: &'static str,
@@ -100,20 +91,6 @@ fn encode(dir: &Path, s: &Stream) -> PathBuf {
         .arg(&out)
         .arg(&src));
     out
-}
-
-fn reference_md5s(file: &Path, ten_bit: bool) -> Vec<String> {
-    let out = run(Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-i"])
-        .arg(file)
-        .args(["-pix_fmt", if ten_bit { "p010le" } else { "nv12" }])
-        .args(["-fps_mode", "passthrough", "-f", "framemd5", "-"]));
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.rsplit(',').next().unwrap().trim().to_owned())
-        .collect()
 }
 
 fn visible_bytes(buf: &[u8], info: &PictureInfo, sample: usize) -> Vec<u8> {

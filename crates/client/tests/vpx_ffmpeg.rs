@@ -27,15 +27,8 @@ use decoder_core::ctrl::vp9::{
 use decoder_core::ctrl::{Codec, CompoundControl, ControlValues};
 use zerocopy::IntoBytes;
 
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+mod common;
+use common::{reference_md5s, run};
 
 fn tmpdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("daedalus-vpx-e2e-{}", std::process::id()));
@@ -91,20 +84,6 @@ fn encode(
         .arg(&ivf)
         .arg(&y4m));
     ivf
-}
-
-fn reference_md5s(file: &Path, ten_bit: bool) -> Vec<String> {
-    let out = run(Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-i"])
-        .arg(file)
-        .args(["-pix_fmt", if ten_bit { "p010le" } else { "nv12" }])
-        .args(["-fps_mode", "passthrough", "-f", "framemd5", "-"]));
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.rsplit(',').next().unwrap().trim().to_owned())
-        .collect()
 }
 
 /// One frame as a client would queue it.
