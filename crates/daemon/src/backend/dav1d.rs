@@ -45,7 +45,7 @@ use decoder_core::ctrl::av1::{
 };
 use decoder_core::ctrl::Codec;
 
-use super::{Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobInput};
+use super::{pixcopy, Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobInput};
 
 mod ffi {
     //! The parts of `<dav1d/dav1d.h>` (dav1d 1.0, API 6) this backend uses.
@@ -902,26 +902,58 @@ pub fn sequence_header_obu_with(
     Ok(obu)
 }
 
-/// Copies a dav1d picture into the CAPTURE buffer, replicating the last
-/// column / row into any padding the buffer has beyond the picture.
+/// A dav1d picture read through [`pixcopy::Planar`].
+struct Dav1dView<'a> {
+    p: &'a ffi::Dav1dPicture,
+    depth: pixcopy::Depth,
+    mono: bool,
+}
+
+impl pixcopy::Planar for Dav1dView<'_> {
+    fn width(&self) -> usize {
+        self.p.p.w as usize
+    }
+
+    fn height(&self) -> usize {
+        self.p.p.h as usize
+    }
+
+    fn depth(&self) -> pixcopy::Depth {
+        self.depth
+    }
+
+    fn monochrome(&self) -> bool {
+        self.mono
+    }
+
+    fn row(&self, plane: usize, y: usize, len: usize) -> &[u8] {
+        let stride = self.p.stride[usize::from(plane > 0)];
+        // SAFETY: copy_picture checked the layout (planes 1 and 2 exist
+        // unless monochrome, where they are never read) and that each
+        // stride covers a row of samples; callers keep y below the plane's
+        // row count and len within a row. dav1d keeps the picture alive and
+        // unchanged while `self.p` is borrowed.
+        unsafe {
+            std::slice::from_raw_parts(
+                (self.p.data[plane] as *const u8).offset(stride * y as isize),
+                len,
+            )
+        }
+    }
+}
+
+/// Copies a dav1d picture (8 or 10 bit, 4:2:0 or 4:0:0) into the CAPTURE
+/// target.
 fn copy_picture(p: &ffi::Dav1dPicture, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
-    out.check()?;
-    let (w, h) = (p.p.w as usize, p.p.h as usize);
-    let fmt = match p.p.bpc {
-        8 => CaptureFormat::Nv12,
-        10 => CaptureFormat::P010,
+    let (depth, fmt) = match p.p.bpc {
+        8 => (pixcopy::Depth::Bits8, CaptureFormat::Nv12),
+        10 => (pixcopy::Depth::Bits10, CaptureFormat::P010),
         b => return Err(DecodeError::Unsupported(format!("{b}-bit AV1"))),
     };
     if fmt != out.format {
         return Err(DecodeError::FormatMismatch(format!(
             "{}-bit picture into {:?}",
             p.p.bpc, out.format
-        )));
-    }
-    if w == 0 || h == 0 || w > out.width as usize || h > out.height as usize {
-        return Err(DecodeError::FormatMismatch(format!(
-            "{w}x{h} into {}x{}",
-            out.width, out.height
         )));
     }
     let mono = match p.p.layout {
@@ -933,60 +965,21 @@ fn copy_picture(p: &ffi::Dav1dPicture, out: &mut CaptureTarget<'_>) -> Result<()
             )))
         }
     };
-    let sb = fmt.sample_bytes();
-    let (ow, oh) = (out.width as usize, out.height as usize);
-    // Reads sample x of a source row.
-    let sample = |row: *const u8, x: usize| -> u16 {
-        if sb == 1 {
-            // SAFETY: callers pass x < the plane's width; the row holds that
-            // many samples.
-            u16::from(unsafe { *row.add(x) })
-        } else {
-            // SAFETY: as above, with 16-bit samples.
-            unsafe { (row as *const u16).add(x).read_unaligned() }
-        }
+    let (w, sb) = (p.p.w.max(0) as usize, if p.p.bpc == 8 { 1 } else { 2 });
+    let planes: &[(usize, usize)] = if mono {
+        &[(0, w)]
+    } else {
+        &[(0, w), (1, w.div_ceil(2)), (2, w.div_ceil(2))]
     };
-    let put = |dst: &mut [u8], x: usize, v: u16| {
-        if sb == 1 {
-            dst[x] = v as u8;
-        } else {
-            dst[2 * x..2 * x + 2].copy_from_slice(&(v << 6).to_le_bytes());
-        }
-    };
-    let row_ptr = |plane: usize, y: usize| -> *const u8 {
-        let stride = p.stride[usize::from(plane > 0)];
-        // SAFETY: y is below the plane's height; dav1d planes hold `height`
-        // rows of `stride` bytes.
-        unsafe { (p.data[plane] as *const u8).offset(stride * y as isize) }
-    };
-    // Luma.
-    for y in 0..oh {
-        let src = row_ptr(0, y.min(h - 1));
-        let dst = &mut out.luma.data[y * out.luma.stride..];
-        for x in 0..ow {
-            put(dst, x, sample(src, x.min(w - 1)));
+    for &(i, pw) in planes {
+        let stride = p.stride[usize::from(i > 0)];
+        if p.data[i].is_null() || stride < (pw * sb) as isize {
+            return Err(DecodeError::Internal(
+                "unexpected dav1d picture layout".into(),
+            ));
         }
     }
-    // Chroma, interleaved.
-    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-    let (ocw, och) = (ow.div_ceil(2), oh.div_ceil(2));
-    let neutral: u16 = 128 << (p.p.bpc - 8);
-    for y in 0..och {
-        let dst = &mut out.chroma.data[y * out.chroma.stride..];
-        if mono {
-            for x in 0..2 * ocw {
-                put(dst, x, neutral);
-            }
-            continue;
-        }
-        let (u, v) = (row_ptr(1, y.min(ch - 1)), row_ptr(2, y.min(ch - 1)));
-        for x in 0..ocw {
-            let sx = x.min(cw - 1);
-            put(dst, 2 * x, sample(u, sx));
-            put(dst, 2 * x + 1, sample(v, sx));
-        }
-    }
-    Ok(())
+    pixcopy::write_capture(&Dav1dView { p, depth, mono }, out)
 }
 
 impl Backend for Dav1dAv1 {

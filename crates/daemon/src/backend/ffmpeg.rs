@@ -80,7 +80,7 @@ use decoder_core::ctrl::vp9::{
 use decoder_core::ctrl::Codec;
 use ffmpeg_sys_next as ff;
 
-use super::{Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobInput};
+use super::{pixcopy, Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobInput};
 
 /// Limits libavcodec's own logging (process-wide) to fatal errors; decode
 /// errors still reach the caller as [`DecodeError`]s.
@@ -175,8 +175,27 @@ struct PictureView<'a> {
     gray: bool,
 }
 
-impl PictureView<'_> {
-    /// Row `y` of plane `i`, `len` bytes.
+impl pixcopy::Planar for PictureView<'_> {
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn height(&self) -> usize {
+        self.height
+    }
+
+    fn depth(&self) -> pixcopy::Depth {
+        if self.bits10 {
+            pixcopy::Depth::Bits10
+        } else {
+            pixcopy::Depth::Bits8
+        }
+    }
+
+    fn monochrome(&self) -> bool {
+        self.gray
+    }
+
     fn row(&self, i: usize, y: usize, len: usize) -> &[u8] {
         // SAFETY: `Session::picture` checked that plane `i` exists and that
         // its linesize covers `len` bytes; callers pass `y` below the
@@ -362,95 +381,10 @@ impl Session {
         })
     }
 
-    /// Copies the captured picture into the CAPTURE target: one pass that
-    /// interleaves the chroma planes into NV12 (or P010) and, when the
-    /// target is larger than the picture (alignment), repeats the last
-    /// column and row so that every pixel of the target is written.
+    /// Copies the captured picture into the CAPTURE target (NV12 or P010),
+    /// see [`pixcopy::write_capture`].
     fn copy_out(&self, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
-        let pic = self.picture()?;
-        let (w, h) = (pic.width, pic.height);
-        if w as u32 > out.width || h as u32 > out.height {
-            return Err(DecodeError::FormatMismatch(format!(
-                "{w}x{h} into {}x{}",
-                out.width, out.height
-            )));
-        }
-        if pic.bits10 && out.format == CaptureFormat::Nv12 {
-            return Err(DecodeError::FormatMismatch(
-                "10-bit picture into NV12".into(),
-            ));
-        }
-        out.check()?;
-        let (ow, oh) = (out.width as usize, out.height as usize);
-        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-        let (ocw, och) = (ow.div_ceil(2), oh.div_ceil(2));
-        let sb = if pic.bits10 { 2 } else { 1 };
-        let ls = out.luma.stride;
-        let cs = out.chroma.stride;
-        match out.format {
-            CaptureFormat::Nv12 => {
-                for y in 0..oh {
-                    let src = pic.row(0, y.min(h - 1), w);
-                    let dst = &mut out.luma.data[y * ls..y * ls + ow];
-                    dst[..w].copy_from_slice(src);
-                    dst[w..].fill(src[w - 1]);
-                }
-                for y in 0..och {
-                    let dst = &mut out.chroma.data[y * cs..y * cs + 2 * ocw];
-                    if pic.gray {
-                        dst.fill(0x80);
-                        continue;
-                    }
-                    let sy = y.min(ch - 1);
-                    let (u, v) = (pic.row(1, sy, cw), pic.row(2, sy, cw));
-                    let (head, tail) = dst.split_at_mut(2 * cw);
-                    for ((d, &a), &b) in head.chunks_exact_mut(2).zip(u).zip(v) {
-                        d[0] = a;
-                        d[1] = b;
-                    }
-                    for d in tail.chunks_exact_mut(2) {
-                        d[0] = u[cw - 1];
-                        d[1] = v[cw - 1];
-                    }
-                }
-            }
-            CaptureFormat::P010 => {
-                // 8-bit samples scale by 256, 10-bit ones by 64: the value
-                // sits in the most significant bits.
-                let bits10 = pic.bits10;
-                let px = |s: &[u8], x: usize| -> [u8; 2] {
-                    if bits10 {
-                        (u16::from_le_bytes([s[2 * x], s[2 * x + 1]]) << 6).to_le_bytes()
-                    } else {
-                        (u16::from(s[x]) << 8).to_le_bytes()
-                    }
-                };
-                for y in 0..oh {
-                    let src = pic.row(0, y.min(h - 1), w * sb);
-                    let dst = &mut out.luma.data[y * ls..y * ls + 2 * ow];
-                    for (x, d) in dst.chunks_exact_mut(2).enumerate() {
-                        d.copy_from_slice(&px(src, x.min(w - 1)));
-                    }
-                }
-                for y in 0..och {
-                    let dst = &mut out.chroma.data[y * cs..y * cs + 4 * ocw];
-                    if pic.gray {
-                        for d in dst.chunks_exact_mut(2) {
-                            d.copy_from_slice(&0x8000u16.to_le_bytes());
-                        }
-                        continue;
-                    }
-                    let sy = y.min(ch - 1);
-                    let (u, v) = (pic.row(1, sy, cw * sb), pic.row(2, sy, cw * sb));
-                    for (x, d) in dst.chunks_exact_mut(4).enumerate() {
-                        let x = x.min(cw - 1);
-                        d[..2].copy_from_slice(&px(u, x));
-                        d[2..].copy_from_slice(&px(v, x));
-                    }
-                }
-            }
-        }
-        Ok(())
+        pixcopy::write_capture(&self.picture()?, out)
     }
 }
 

@@ -16,6 +16,7 @@ use decoder_core::fmt::{PIX_FMT_NV12, PIX_FMT_NV12M, PIX_FMT_P010};
 
 pub mod dav1d;
 pub mod ffmpeg;
+pub mod pixcopy;
 pub mod plugin;
 
 /// Per-job flags, from the OUTPUT buffer and the request.
