@@ -3,14 +3,24 @@
 //! bindings for the few calls it does not wrap).
 //!
 //! The sequence is the uAPI's stateless decoder interface: QUERYCAP, S_FMT
-//! on OUTPUT (coded format) then CAPTURE (NV12 / NV12M / P010), REQBUFS +
-//! mmap on both queues, STREAMON; per job a media request holding the
-//! controls and one OUTPUT buffer; CAPTURE buffers queued and dequeued;
+//! on OUTPUT (coded format) then CAPTURE (NV12 / NV12M / P010), REQBUFS on
+//! both queues, STREAMON; per job a media request holding the controls and
+//! one OUTPUT buffer; CAPTURE buffers queued and dequeued;
 //! `V4L2_DEC_CMD_FLUSH` at the end.
+//!
+//! Buffer memory is one of three kinds ([`MemoryKind`]), everything else
+//! being the same code path:
+//!
+//! * `mmap`: the driver allocates, we map each plane (`VIDIOC_QUERYBUF`);
+//! * `userptr`: page-aligned heap buffers we own, passed by address;
+//! * `dmabuf`: one dma-buf per plane from `/dev/dma_heap/system` (or
+//!   `/dev/udmabuf` over a sealed memfd), passed by fd and mapped by us;
+//!   CPU access is bracketed by `DMA_BUF_IOCTL_SYNC` (write around filling
+//!   an OUTPUT buffer, read from a CAPTURE buffer's DQBUF to its next QBUF).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +51,306 @@ const MIN_OUTPUT_SIZE: u32 = 1 << 20;
 const OUT_Q: QueueType = QueueType::VideoOutputMplane;
 const CAP_Q: QueueType = QueueType::VideoCaptureMplane;
 
+/// How buffer memory is provided (`--memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryKind {
+    /// `V4L2_MEMORY_MMAP`: driver-allocated, mapped by us.
+    #[default]
+    Mmap,
+    /// `V4L2_MEMORY_USERPTR`: page-aligned memory of our own heap.
+    Userptr,
+    /// `V4L2_MEMORY_DMABUF`: dma-bufs we allocate and map.
+    Dmabuf,
+}
+
+impl MemoryKind {
+    /// Parses `mmap`, `userptr` or `dmabuf`.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "mmap" => MemoryKind::Mmap,
+            "userptr" => MemoryKind::Userptr,
+            "dmabuf" => MemoryKind::Dmabuf,
+            _ => bail!("unknown memory type {s:?} (mmap, userptr or dmabuf)"),
+        })
+    }
+
+    /// The lower-case name `parse` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryKind::Mmap => "mmap",
+            MemoryKind::Userptr => "userptr",
+            MemoryKind::Dmabuf => "dmabuf",
+        }
+    }
+
+    fn v4l2(self) -> v4l2r::memory::MemoryType {
+        match self {
+            MemoryKind::Mmap => v4l2r::memory::MemoryType::Mmap,
+            MemoryKind::Userptr => v4l2r::memory::MemoryType::UserPtr,
+            MemoryKind::Dmabuf => v4l2r::memory::MemoryType::DmaBuf,
+        }
+    }
+}
+
+impl std::str::FromStr for MemoryKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        MemoryKind::parse(s)
+    }
+}
+
+/// How [`V4l2Device::open`] reaches and drives the device.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceOptions {
+    /// The media controller node; found through sysfs or `bus_info` when
+    /// `None`.
+    pub media: Option<PathBuf>,
+    /// Buffer memory of both queues.
+    pub memory: MemoryKind,
+}
+
+/// `struct dma_heap_allocation_data` (include/uapi/linux/dma-heap.h).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct DmaHeapAllocationData {
+    len: u64,
+    fd: u32,
+    fd_flags: u32,
+    heap_flags: u64,
+}
+
+/// `struct udmabuf_create` (include/uapi/linux/udmabuf.h).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UdmabufCreate {
+    memfd: u32,
+    flags: u32,
+    offset: u64,
+    size: u64,
+}
+
+/// `struct dma_buf_sync` (include/uapi/linux/dma-buf.h).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct DmaBufSync {
+    flags: u64,
+}
+
+const DMA_BUF_SYNC_READ: u64 = 1;
+const DMA_BUF_SYNC_WRITE: u64 = 2;
+const DMA_BUF_SYNC_START: u64 = 0;
+const DMA_BUF_SYNC_END: u64 = 4;
+const UDMABUF_FLAGS_CLOEXEC: u32 = 1;
+
+// DMA_HEAP_IOCTL_ALLOC = _IOWR('H', 0x0, struct dma_heap_allocation_data)
+v4l2r::nix::ioctl_readwrite!(dma_heap_ioctl_alloc, b'H', 0x0, DmaHeapAllocationData);
+// UDMABUF_CREATE = _IOW('u', 0x42, struct udmabuf_create)
+v4l2r::nix::ioctl_write_ptr!(udmabuf_ioctl_create, b'u', 0x42, UdmabufCreate);
+// DMA_BUF_IOCTL_SYNC = _IOW('b', 0, struct dma_buf_sync)
+v4l2r::nix::ioctl_write_ptr!(dma_buf_ioctl_sync, b'b', 0, DmaBufSync);
+
+const PAGE: usize = 4096;
+
+fn page_round(n: usize) -> usize {
+    n.div_ceil(PAGE).max(1) * PAGE
+}
+
+/// Page-aligned heap memory handed to the driver by address.
+struct UserBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: UserBuf exclusively owns its allocation, like a Box<[u8]>.
+unsafe impl Send for UserBuf {}
+
+impl UserBuf {
+    fn new(len: usize) -> Result<Self> {
+        let layout = std::alloc::Layout::from_size_align(page_round(len), PAGE)?;
+        // SAFETY: the layout has a non-zero size (page_round gives at least
+        // one page).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(raw)
+            .ok_or_else(|| anyhow!("out of memory for a {len}-byte USERPTR buffer"))?;
+        Ok(UserBuf { ptr, layout })
+    }
+}
+
+impl Drop for UserBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this very layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// A dma-buf we allocated, mapped shared for the CPU.
+struct DmaBuf {
+    map: *mut u8,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: DmaBuf exclusively owns its mapping and fd.
+unsafe impl Send for DmaBuf {}
+
+impl DmaBuf {
+    /// Allocates `len` bytes (rounded up to pages) from the system dma-heap,
+    /// or from udmabuf over a memfd when there is no heap.
+    fn new(len: usize) -> Result<Self> {
+        let len = page_round(len);
+        let fd = match Self::from_heap(len) {
+            Ok(fd) => fd,
+            Err(heap_err) => Self::from_udmabuf(len).map_err(|e| {
+                anyhow!("no dma-buf: /dev/dma_heap/system: {heap_err:#}; /dev/udmabuf: {e:#}")
+            })?,
+        };
+        // SAFETY: a fresh shared mapping of a whole dma-buf we own; no
+        // other mapping aliases it in this process.
+        let map = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|e| errno_of("mmap(dma-buf)", e))?;
+        Ok(DmaBuf {
+            map: map.cast(),
+            len,
+            fd,
+        })
+    }
+
+    fn from_heap(len: usize) -> Result<OwnedFd> {
+        let heap = OpenOptions::new().read(true).open("/dev/dma_heap/system")?;
+        let mut data = DmaHeapAllocationData {
+            len: len as u64,
+            fd_flags: (rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC).bits(),
+            ..Default::default()
+        };
+        // SAFETY: DMA_HEAP_IOCTL_ALLOC reads and writes a struct
+        // dma_heap_allocation_data, which `data` is (repr(C), 24 bytes).
+        unsafe { dma_heap_ioctl_alloc(heap.as_raw_fd(), &mut data) }
+            .map_err(|e| errno_of("DMA_HEAP_IOCTL_ALLOC", e))?;
+        // SAFETY: the kernel just installed this fd for us; nothing else
+        // owns it.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(data.fd as i32) })
+    }
+
+    fn from_udmabuf(len: usize) -> Result<OwnedFd> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let memfd = rustix::fs::memfd_create(
+            "daedalus-udmabuf",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        rustix::fs::ftruncate(&memfd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK)?;
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/udmabuf")?;
+        let create = UdmabufCreate {
+            memfd: memfd.as_raw_fd() as u32,
+            flags: UDMABUF_FLAGS_CLOEXEC,
+            offset: 0,
+            size: len as u64,
+        };
+        // SAFETY: UDMABUF_CREATE reads a struct udmabuf_create, which
+        // `create` is (repr(C), 24 bytes).
+        let fd = unsafe { udmabuf_ioctl_create(dev.as_raw_fd(), &create) }
+            .map_err(|e| errno_of("UDMABUF_CREATE", e))?;
+        // SAFETY: the ioctl returned a new fd that nothing else owns.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    }
+
+    fn sync(&self, flags: u64) -> Result<()> {
+        let s = DmaBufSync { flags };
+        loop {
+            // SAFETY: DMA_BUF_IOCTL_SYNC reads a struct dma_buf_sync,
+            // which `s` is.
+            match unsafe { dma_buf_ioctl_sync(self.fd.as_raw_fd(), &s) } {
+                Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
+                r => return r.map(|_| ()).map_err(|e| errno_of("DMA_BUF_IOCTL_SYNC", e)),
+            }
+        }
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        let _ = unsafe { rustix::mm::munmap(self.map.cast(), self.len) };
+    }
+}
+
+/// The memory of one buffer plane.
+enum PlaneMem {
+    Mmap(PlaneMapping),
+    User(UserBuf),
+    Dma(DmaBuf),
+}
+
+impl PlaneMem {
+    fn new(kind: MemoryKind, len: usize) -> Result<Self> {
+        Ok(match kind {
+            MemoryKind::Mmap => bail!("MMAP planes come from the driver"),
+            MemoryKind::Userptr => PlaneMem::User(UserBuf::new(len)?),
+            MemoryKind::Dmabuf => PlaneMem::Dma(DmaBuf::new(len)?),
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            PlaneMem::Mmap(m) => m,
+            // SAFETY: the allocation is `layout.size()` bytes, owned by
+            // self and alive for the borrow.
+            PlaneMem::User(u) => unsafe {
+                std::slice::from_raw_parts(u.ptr.as_ptr(), u.layout.size())
+            },
+            // SAFETY: the mapping is `len` bytes, alive for the borrow.
+            PlaneMem::Dma(d) => unsafe { std::slice::from_raw_parts(d.map, d.len) },
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            PlaneMem::Mmap(m) => m,
+            // SAFETY: as in `bytes`, and `&mut self` makes it exclusive.
+            PlaneMem::User(u) => unsafe {
+                std::slice::from_raw_parts_mut(u.ptr.as_ptr(), u.layout.size())
+            },
+            // SAFETY: as in `bytes`, and `&mut self` makes it exclusive.
+            PlaneMem::Dma(d) => unsafe { std::slice::from_raw_parts_mut(d.map, d.len) },
+        }
+    }
+
+    /// Fills the memory fields of a `v4l2_plane` for QBUF.
+    fn fill(&self, p: &mut bindings::v4l2_plane) {
+        match self {
+            PlaneMem::Mmap(_) => {}
+            PlaneMem::User(u) => {
+                p.m.userptr = u.ptr.as_ptr() as _;
+                p.length = u.layout.size() as u32;
+            }
+            PlaneMem::Dma(d) => {
+                p.m.fd = d.fd.as_raw_fd();
+                p.length = d.len as u32;
+            }
+        }
+    }
+
+    /// `DMA_BUF_IOCTL_SYNC` for dma-bufs, nothing for the others.
+    fn sync(&self, flags: u64) -> Result<()> {
+        match self {
+            PlaneMem::Dma(d) => d.sync(flags),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `struct media_device_info` (include/uapi/linux/media.h); v4l2r's
 /// bindings only cover videodev2.h.
 #[repr(C)]
@@ -62,9 +372,10 @@ v4l2r::nix::ioctl_readwrite!(media_ioc_device_info, b'|', 0x00, MediaDeviceInfo)
 /// A V4L2 stateless decoder device with formats set, buffers mapped and
 /// both queues streaming.
 pub struct V4l2Device {
-    // Mappings first: they are unmapped before the video fd closes.
-    out_maps: Vec<PlaneMapping>,
-    cap_maps: Vec<Vec<PlaneMapping>>,
+    // Memory first: it is unmapped before the video fd closes.
+    out_maps: Vec<PlaneMem>,
+    cap_maps: Vec<Vec<PlaneMem>>,
+    memory: MemoryKind,
     /// Requests that are queued with an OUTPUT buffer, by its index.
     in_flight: HashMap<u32, Request>,
     /// Requests whose OUTPUT buffer came back but that were not complete
@@ -207,9 +518,11 @@ impl V4l2Device {
     /// Opens `path` (and its media node), checks it is a streaming M2M
     /// multiplanar device, sets OUTPUT to `coded_fourcc` at `width` x
     /// `height` and CAPTURE to NV12 / NV12M (P010 when `ten_bit`) as the
-    /// device offers, allocates and maps the buffers and starts streaming.
+    /// device offers, allocates and maps the buffers (of `opts.memory`) and
+    /// starts streaming.
     pub fn open(
         path: &Path,
+        opts: &DeviceOptions,
         coded_fourcc: u32,
         width: u32,
         height: u32,
@@ -241,7 +554,10 @@ impl V4l2Device {
             bail!("{} ({card}): no streaming I/O", path.display());
         }
         let bus_info = cstr(&cap.bus_info);
-        let media_path = find_media_node(&video, path, &bus_info)?;
+        let media_path = match &opts.media {
+            Some(m) => m.clone(),
+            None => find_media_node(&video, path, &bus_info)?,
+        };
         let media = OpenOptions::new()
             .read(true)
             .write(true)
@@ -272,6 +588,7 @@ impl V4l2Device {
         }
         let got: v4l2_format =
             vio::s_fmt(&mut video, f).map_err(|e| errno_of("VIDIOC_S_FMT(OUTPUT)", e))?;
+        let out_size = mplane(&got).plane_fmt[0].sizeimage as usize;
         if mplane(&got).pixelformat != coded_fourcc {
             bail!(
                 "{}: the device does not decode {} (it chose {})",
@@ -329,14 +646,15 @@ impl V4l2Device {
             );
         }
 
+        let memory = opts.memory;
         let rb: v4l2_requestbuffers = vio::reqbufs(
             &video,
             OUT_Q,
-            v4l2r::memory::MemoryType::Mmap,
+            memory.v4l2(),
             OUTPUT_BUFFERS,
             vio::MemoryConsistency::empty(),
         )
-        .map_err(|e| errno_of("VIDIOC_REQBUFS(OUTPUT)", e))?;
+        .map_err(|e| errno_of(&format!("VIDIOC_REQBUFS(OUTPUT, {})", memory.name()), e))?;
         if rb.capabilities & bindings::V4L2_BUF_CAP_SUPPORTS_REQUESTS == 0 {
             bail!(
                 "{}: the OUTPUT queue does not support requests",
@@ -349,17 +667,17 @@ impl V4l2Device {
         let rb: v4l2_requestbuffers = vio::reqbufs(
             &video,
             CAP_Q,
-            v4l2r::memory::MemoryType::Mmap,
+            memory.v4l2(),
             CAPTURE_BUFFERS,
             vio::MemoryConsistency::empty(),
         )
-        .map_err(|e| errno_of("VIDIOC_REQBUFS(CAPTURE)", e))?;
+        .map_err(|e| errno_of(&format!("VIDIOC_REQBUFS(CAPTURE, {})", memory.name()), e))?;
         let n_cap = rb.count;
         if n_out == 0 || n_cap == 0 {
             bail!("{}: REQBUFS gave no buffers", path.display());
         }
 
-        let map_all = |q: QueueType, n: u32| -> Result<Vec<Vec<PlaneMapping>>> {
+        let map_all = |q: QueueType, n: u32| -> Result<Vec<Vec<PlaneMem>>> {
             (0..n)
                 .map(|i| {
                     let qb: QueryBuffer = vio::querybuf(&video, q, i as usize)
@@ -368,17 +686,34 @@ impl V4l2Device {
                         .iter()
                         .map(|p| {
                             vio::mmap(&video, p.mem_offset, p.length)
+                                .map(PlaneMem::Mmap)
                                 .map_err(|e| errno_of("mmap", e))
                         })
                         .collect()
                 })
                 .collect()
         };
-        let out_maps = map_all(OUT_Q, n_out)?
-            .into_iter()
-            .map(|mut v| v.swap_remove(0))
-            .collect();
-        let cap_maps = map_all(CAP_Q, n_cap)?;
+        let (out_maps, cap_maps): (Vec<PlaneMem>, Vec<Vec<PlaneMem>>) = match memory {
+            MemoryKind::Mmap => (
+                map_all(OUT_Q, n_out)?
+                    .into_iter()
+                    .map(|mut v| v.swap_remove(0))
+                    .collect(),
+                map_all(CAP_Q, n_cap)?,
+            ),
+            MemoryKind::Userptr | MemoryKind::Dmabuf => (
+                (0..n_out)
+                    .map(|_| PlaneMem::new(memory, out_size))
+                    .collect::<Result<_>>()?,
+                (0..n_cap)
+                    .map(|_| {
+                        (0..cap_fmt.num_planes.max(1) as usize)
+                            .map(|p| PlaneMem::new(memory, cap_fmt.planes[p].sizeimage as usize))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+        };
 
         for q in [OUT_Q, CAP_Q] {
             vio::streamon(&video, q).map_err(|e| errno_of("VIDIOC_STREAMON", e))?;
@@ -386,6 +721,7 @@ impl V4l2Device {
         Ok(V4l2Device {
             out_maps,
             cap_maps,
+            memory,
             in_flight: HashMap::new(),
             completing: Vec::new(),
             pool: Vec::new(),
@@ -484,15 +820,24 @@ impl Frontend for V4l2Device {
     fn capture_planes(&self, index: u32) -> Vec<&[u8]> {
         self.cap_maps[index as usize]
             .iter()
-            .map(|m| &m[..])
+            .map(|m| m.bytes())
             .collect()
     }
 
     fn queue_capture(&mut self, index: u32) -> Result<()> {
-        let n = self.cap_maps[index as usize].len();
+        let planes = &self.cap_maps[index as usize];
+        // The CPU is done reading: ownership goes back to the device.
+        for p in planes {
+            p.sync(DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ)?;
+        }
         let mut b = UncheckedV4l2Buffer::new_for_querybuf(CAP_Q, Some(index));
-        b.0.memory = bindings::v4l2_memory_V4L2_MEMORY_MMAP;
-        b.0.length = n as u32;
+        b.0.memory = self.memory.v4l2() as u32;
+        b.0.length = planes.len() as u32;
+        if let Some(vp) = b.1.as_mut() {
+            for (p, v) in planes.iter().zip(vp.iter_mut()) {
+                p.fill(v);
+            }
+        }
         vio::qbuf::<_, ()>(&self.video, b)
             .map_err(|e| errno_of(&format!("VIDIOC_QBUF(CAPTURE {index})"), e))
     }
@@ -519,14 +864,16 @@ impl Frontend for V4l2Device {
             .last()
             .ok_or_else(|| anyhow!("no free OUTPUT buffer"))?;
         let plane = &mut self.out_maps[index as usize];
-        if bitstream.len() > plane.len() {
+        if bitstream.len() > plane.bytes().len() {
             bail!(
                 "a {}-byte frame does not fit the {}-byte OUTPUT buffer",
                 bitstream.len(),
-                plane.len()
+                plane.bytes().len()
             );
         }
-        plane[..bitstream.len()].copy_from_slice(bitstream);
+        plane.sync(DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE)?;
+        plane.bytes_mut()[..bitstream.len()].copy_from_slice(bitstream);
+        plane.sync(DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE)?;
         let mut storage = Vec::new();
         let mut ctrls = self.ext_controls(controls, &mut storage)?;
         let req = self.take_request()?;
@@ -545,7 +892,7 @@ impl Frontend for V4l2Device {
                 bail!("VIDIOC_S_EXT_CTRLS (request; control {which}): {e}");
             }
             let mut b = UncheckedV4l2Buffer::new_for_querybuf(OUT_Q, Some(index));
-            b.0.memory = bindings::v4l2_memory_V4L2_MEMORY_MMAP;
+            b.0.memory = self.memory.v4l2() as u32;
             b.0.length = 1;
             b.0.flags = bindings::V4L2_BUF_FLAG_REQUEST_FD
                 | if hold {
@@ -556,6 +903,7 @@ impl Frontend for V4l2Device {
             b.0.__bindgen_anon_1.request_fd = req.as_raw_fd();
             b.0.timestamp = ns_to_timeval(timestamp);
             if let Some(planes) = b.1.as_mut() {
+                self.out_maps[index as usize].fill(&mut planes[0]);
                 planes[0].bytesused = bitstream.len().max(1) as u32;
             }
             vio::qbuf::<_, ()>(&self.video, b)
@@ -633,6 +981,10 @@ impl Frontend for V4l2Device {
         }
         let mut pics = Vec::new();
         while let Some(b) = self.dqbuf(CAP_Q)? {
+            // The CPU may read the picture until the buffer is queued again.
+            for p in &self.cap_maps[b.0.index as usize] {
+                p.sync(DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ)?;
+            }
             pics.push(Picture {
                 index: b.0.index,
                 timestamp: timeval_to_ns(&b.0.timestamp),
@@ -676,6 +1028,34 @@ mod tests {
     }
 
     #[test]
+    fn memory_kinds_parse() {
+        for k in [MemoryKind::Mmap, MemoryKind::Userptr, MemoryKind::Dmabuf] {
+            assert_eq!(MemoryKind::parse(k.name()).unwrap(), k);
+        }
+        assert!(MemoryKind::parse("overlay").is_err());
+    }
+
+    #[test]
+    fn uapi_struct_sizes() {
+        assert_eq!(std::mem::size_of::<DmaHeapAllocationData>(), 24);
+        assert_eq!(std::mem::size_of::<UdmabufCreate>(), 24);
+        assert_eq!(std::mem::size_of::<DmaBufSync>(), 8);
+    }
+
+    #[test]
+    fn userptr_buffers_are_page_aligned_and_whole_pages() {
+        let mut p = PlaneMem::new(MemoryKind::Userptr, 5000).unwrap();
+        assert_eq!(p.bytes().as_ptr() as usize % PAGE, 0);
+        assert_eq!(p.bytes().len(), 2 * PAGE);
+        p.bytes_mut()[4999] = 7;
+        let mut v = bindings::v4l2_plane::default();
+        p.fill(&mut v);
+        // SAFETY: reading the union member `fill` just wrote.
+        assert_eq!(unsafe { v.m.userptr } as usize, p.bytes().as_ptr() as usize);
+        assert_eq!(v.length as usize, 2 * PAGE);
+    }
+
+    #[test]
     fn media_device_info_has_the_kernel_size() {
         assert_eq!(std::mem::size_of::<MediaDeviceInfo>(), 256);
     }
@@ -712,12 +1092,19 @@ mod tests {
     /// Every job of each stream through a real device: no request, control
     /// or buffer is refused, one CAPTURE buffer per picture comes back,
     /// none with ERROR. Run in the VM against visl by
-    /// tests/vm/daedalus-device-visl.sh.
+    /// tests/vm/daedalus-device-visl.sh (and tests/vm/45-suite-visl.sh with
+    /// `DAEDALUS_DEVICE_MEMORY=userptr|dmabuf`).
     #[test]
     #[ignore = "needs DAEDALUS_DEVICE=/dev/videoN and DAEDALUS_DEVICE_STREAMS=\"FILE...\""]
     fn decodes_streams_on_a_real_device() {
         let dev = std::env::var("DAEDALUS_DEVICE").expect("DAEDALUS_DEVICE");
         let streams = std::env::var("DAEDALUS_DEVICE_STREAMS").expect("DAEDALUS_DEVICE_STREAMS");
+        let opts = DeviceOptions {
+            media: None,
+            memory: std::env::var("DAEDALUS_DEVICE_MEMORY")
+                .map(|m| MemoryKind::parse(&m).unwrap())
+                .unwrap_or_default(),
+        };
         for spec in streams.split_whitespace() {
             let mut parser = parser_for(spec);
             let mut jobs = Vec::new();
@@ -728,6 +1115,7 @@ mod tests {
             let first = &jobs[0];
             let mut d = V4l2Device::open(
                 Path::new(&dev),
+                &opts,
                 fmt::fourcc_of(first.codec),
                 first.picture.coded.0,
                 first.picture.coded.1,
@@ -794,6 +1182,7 @@ mod tests {
     fn opening_a_non_device_fails_with_the_ioctl_name() {
         let e = V4l2Device::open(
             Path::new("/dev/null"),
+            &DeviceOptions::default(),
             fmt::PIX_FMT_H264_SLICE,
             64,
             64,

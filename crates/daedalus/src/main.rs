@@ -18,7 +18,7 @@ use daedalus_client::demux::Elementary;
 use daedalus_client::{
     DisplayQueue, FrameEvent, FrameStreamParser, Job, PictureInfo, StreamParser,
 };
-use decoder_core::fmt;
+use decoder_core::fmt::{self, PixFormat};
 
 use crate::device::V4l2Device;
 use crate::embedded::Embedded;
@@ -51,6 +51,14 @@ enum Cmd {
         /// Drive a V4L2 stateless device instead of the embedded stack.
         #[arg(long)]
         device: Option<PathBuf>,
+        /// With --device: its media controller node (default: found
+        /// through sysfs or the video node's bus_info).
+        #[arg(long, requires = "device")]
+        media: Option<PathBuf>,
+        /// With --device: buffer memory of both queues (mmap, userptr or
+        /// dmabuf).
+        #[arg(long, requires = "device", default_value = "mmap")]
+        memory: device::MemoryKind,
         /// Print the per-job overhead outside the backend's decode call
         /// (embedded stack): median and p99 in microseconds.
         #[arg(long)]
@@ -76,13 +84,17 @@ fn main() {
             output,
             framemd5,
             device,
+            media,
+            memory,
             threads,
             job_stats,
         } => decode(
             &input,
             output.as_deref(),
             framemd5.as_deref(),
-            device.as_deref(),
+            device
+                .as_deref()
+                .map(|d| (d, device::DeviceOptions { media, memory })),
             threads,
             job_stats,
         ),
@@ -300,6 +312,16 @@ impl Player {
         Ok(())
     }
 
+    /// Drops every reference to the CAPTURE buffers of a frontend that is
+    /// going away (after [`drain`]: nothing is pending or reordering).
+    fn forget_buffers(&mut self) {
+        self.held.clear();
+        self.recent.clear();
+        self.refs.clear();
+        self.in_reorder.clear();
+        self.infos.clear();
+    }
+
     /// Requeues held pictures nobody needs any more.
     fn recycle(&mut self, f: &mut dyn Frontend) -> Result<()> {
         while self.recent.len() > self.keep_recent {
@@ -330,7 +352,7 @@ fn decode(
     input: &Path,
     output: Option<&Path>,
     framemd5: Option<&Path>,
-    device: Option<&Path>,
+    device: Option<(&Path, device::DeviceOptions)>,
     threads: usize,
     job_stats: bool,
 ) -> Result<()> {
@@ -344,30 +366,30 @@ fn decode(
             None => bail!("{}: no picture in the stream", input.display()),
         }
     };
-    let (cw, ch) = first.picture.coded;
-    let mut emb: Box<dyn Frontend> = match device {
-        Some(d) => Box::new(V4l2Device::open(
-            d,
-            fmt::fourcc_of(first.codec),
-            cw,
-            ch,
-            first.picture.bit_depth > 8,
-        )?),
-        None => {
-            let mut e = Embedded::new(
-                fmt::fourcc_of(first.codec),
+    let open_frontend = |pic: &PictureInfo, codec| -> Result<Box<dyn Frontend>> {
+        let (cw, ch) = pic.coded;
+        let ten_bit = pic.bit_depth > 8;
+        Ok(match &device {
+            Some((d, opts)) => Box::new(V4l2Device::open(
+                d,
+                opts,
+                fmt::fourcc_of(codec),
                 cw,
                 ch,
-                first.picture.bit_depth > 8,
-                threads,
-            )?;
-            if job_stats {
-                daedalus_daemon::stats::enable();
-                e.enable_timing();
+                ten_bit,
+            )?),
+            None => {
+                let mut e = Embedded::new(fmt::fourcc_of(codec), cw, ch, ten_bit, threads)?;
+                if job_stats {
+                    daedalus_daemon::stats::enable();
+                    e.enable_timing();
+                }
+                Box::new(e)
             }
-            Box::new(e)
-        }
+        })
     };
+    let mut emb = open_frontend(&first.picture, first.codec)?;
+    let mut job_timings = Vec::new();
     let (_, _, vw, vh) = first.picture.visible;
     let mut sink = Sink {
         yuv: output
@@ -412,24 +434,30 @@ fn decode(
     let progress = std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_progress = Instant::now();
-    let poll = |emb: &mut Box<dyn Frontend>,
-                player: &mut Player,
-                sink: &mut Sink,
-                t: Duration|
-     -> Result<bool> {
-        let pics = emb.poll(t)?;
-        let any = !pics.is_empty();
-        for p in pics {
-            player.picture_done(emb.as_mut(), sink, p)?;
-        }
-        player.display_due(emb.as_mut(), sink)?;
-        player.recycle(emb.as_mut())?;
-        Ok(any)
-    };
     while let Some(step) = next.take() {
         match step {
             Step::ShowExisting(ts) => player.pending.push_back(ts),
             Step::Decode(job, display) => {
+                if !fits(&emb.capture_format(), &job.picture) {
+                    // Resolution (or bit depth) change: finish and display
+                    // everything decoded so far, then negotiate the new size
+                    // on a new context, as the stateless decoder interface
+                    // asks (streams change size at key frames).
+                    drain(&mut emb, &mut player, &mut sink)?;
+                    job_timings.extend(emb.take_job_timings());
+                    drop(emb);
+                    player.forget_buffers();
+                    tracing::info!(
+                        "resolution change to {}x{} at picture {}",
+                        job.picture.visible.2,
+                        job.picture.visible.3,
+                        job.timestamp
+                    );
+                    emb = open_frontend(&job.picture, job.codec)?;
+                    for i in 0..emb.capture_count() {
+                        emb.queue_capture(i)?;
+                    }
+                }
                 player.infos.insert(job.timestamp, job.picture);
                 player.in_flight.insert(job.timestamp);
                 match display {
@@ -463,25 +491,7 @@ fn decode(
         }
         next = source.next().with_context(parse_err)?;
     }
-    emb.flush()?;
-    let mut idle = Duration::ZERO;
-    while emb.outputs_in_flight() > 0 || !player.pending.is_empty() {
-        if !poll(&mut emb, &mut player, &mut sink, Duration::from_millis(50))? {
-            idle += Duration::from_millis(50);
-            if idle > Duration::from_secs(60) {
-                bail!("no progress for 60 s: the daemon is stuck");
-            }
-            if emb.outputs_in_flight() == 0 {
-                bail!(
-                    "{} pictures to display were never decoded",
-                    player.pending.len()
-                );
-            }
-        }
-    }
-    for (ts, _) in player.reorder.drain() {
-        player.emit(emb.as_mut(), &mut sink, ts)?;
-    }
+    drain(&mut emb, &mut player, &mut sink)?;
     if let Some(m) = sink.md5.take() {
         m.finish()?;
     }
@@ -505,10 +515,56 @@ fn decode(
         }
     );
     if job_stats {
-        print_job_stats(emb.take_job_timings(), daedalus_daemon::stats::take());
+        job_timings.extend(emb.take_job_timings());
+        print_job_stats(job_timings, daedalus_daemon::stats::take());
     }
     if errors > 0 {
         bail!("{errors} pictures failed to decode");
+    }
+    Ok(())
+}
+
+/// Whether the negotiated CAPTURE format holds `pic` (size and depth).
+fn fits(fmt: &PixFormat, pic: &PictureInfo) -> bool {
+    let (cw, ch) = pic.coded;
+    let ten_bit = pic.bit_depth > 8;
+    cw <= fmt.width && ch <= fmt.height && ten_bit == (fmt.fourcc == fmt::PIX_FMT_P010)
+}
+
+/// Applies the pictures the frontend finished within `t`; false when none.
+fn poll(emb: &mut Box<dyn Frontend>, player: &mut Player, sink: &mut Sink, t: Duration) -> Result<bool> {
+    let pics = emb.poll(t)?;
+    let any = !pics.is_empty();
+    for p in pics {
+        player.picture_done(emb.as_mut(), sink, p)?;
+    }
+    player.display_due(emb.as_mut(), sink)?;
+    player.recycle(emb.as_mut())?;
+    Ok(any)
+}
+
+/// Flushes the frontend and waits until every submitted picture is back
+/// and every picture due is displayed, reordering queue included.
+fn drain(emb: &mut Box<dyn Frontend>, player: &mut Player, sink: &mut Sink) -> Result<()> {
+    emb.flush()?;
+    let mut idle = Duration::ZERO;
+    while emb.outputs_in_flight() > 0 || !player.pending.is_empty() {
+        if !poll(emb, player, sink, Duration::from_millis(50))? {
+            idle += Duration::from_millis(50);
+            if idle > Duration::from_secs(60) {
+                bail!("no progress for 60 s: the daemon is stuck");
+            }
+            if emb.outputs_in_flight() == 0 {
+                bail!(
+                    "{} pictures to display were never decoded",
+                    player.pending.len()
+                );
+            }
+        }
+    }
+    for (ts, _) in player.reorder.drain() {
+        player.in_reorder.remove(&ts);
+        player.emit(emb.as_mut(), sink, ts)?;
     }
     Ok(())
 }
