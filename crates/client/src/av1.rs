@@ -624,11 +624,20 @@ impl Av1Parser {
     fn picture_info(&self, fh: &FrameHeaderObu) -> PictureInfo {
         let (w, h) = (fh.upscaled_width, fh.frame_height);
         let bit_depth = self.seq.as_deref().map(bit_depth).unwrap_or(8);
+        // Frames of a sequence may differ in size (frame_size_override,
+        // reference scaling) without a key frame: the CAPTURE buffers must
+        // hold the sequence's largest frame.
+        let (mw, mh) = self.seq.as_deref().map_or((w, h), |s| {
+            (
+                (s.max_frame_width_minus_1 as u32 + 1).max(w),
+                (s.max_frame_height_minus_1 as u32 + 1).max(h),
+            )
+        });
         PictureInfo {
             key: DisplayKey { epoch: 0, order: 0 },
             max_reorder: 0,
             visible: (0, 0, w, h),
-            coded: (w.next_multiple_of(16), h.next_multiple_of(16)),
+            coded: (mw.next_multiple_of(16), mh.next_multiple_of(16)),
             bit_depth,
         }
     }
