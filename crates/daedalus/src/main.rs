@@ -532,7 +532,12 @@ fn fits(fmt: &PixFormat, pic: &PictureInfo) -> bool {
 }
 
 /// Applies the pictures the frontend finished within `t`; false when none.
-fn poll(emb: &mut Box<dyn Frontend>, player: &mut Player, sink: &mut Sink, t: Duration) -> Result<bool> {
+fn poll(
+    emb: &mut Box<dyn Frontend>,
+    player: &mut Player,
+    sink: &mut Sink,
+    t: Duration,
+) -> Result<bool> {
     let pics = emb.poll(t)?;
     let any = !pics.is_empty();
     for p in pics {
