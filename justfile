@@ -37,8 +37,18 @@ test-native: uapi
 # Every test: lints, native suites, then the VM suites.
 test: lint test-native test-corpus build-all test-vm
 
-# Release binaries and examples the VM suites run.
-build-all: uapi
+# The kernel module (kernel/daedalus.ko) for the VM's Debian 6.12 kernel, W=1; any compiler
+# warning fails the build.
+kmod:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    kdir=$(vm/kdir); symvers=$(vm/kdir --symvers)
+    mkdir -p .cache
+    make -C kernel KDIR="$kdir" KBUILD_EXTRA_SYMBOLS="$symvers" W=1 2>&1 | tee .cache/kmod-build.log
+    if grep -E '(warning|error):' .cache/kmod-build.log; then echo "kmod: the build has warnings"; exit 1; fi
+
+# Release binaries and examples the VM suites run, and the kernel module.
+build-all: uapi kmod
     cargo build --release --workspace --bins --examples
     cargo test --release -p daedalus --bin daedalus --no-run
     cargo test --release -p daedalus-daemon --test dmabuf --no-run
