@@ -118,8 +118,8 @@ struct dv_stats {
  * @watchdog:	delayed work enforcing the job and handshake deadlines
  */
 struct dv_bridge {
-	spinlock_t lock;
-	struct mutex recv_mutex;
+	spinlock_t lock;		/* link, queues, jobs, contexts */
+	struct mutex recv_mutex;	/* one RECV at a time */
 	bool file_open;
 	enum dv_link link;
 	u64 gen;
@@ -151,7 +151,7 @@ struct dv_dev {
 	struct video_device vfd;
 	struct media_device mdev;
 	struct v4l2_m2m_dev *m2m_dev;
-	struct mutex dev_mutex;
+	struct mutex dev_mutex;		/* open/release, vfd ioctls */
 	struct miscdevice misc;
 	struct dv_bridge br;
 };
@@ -179,7 +179,7 @@ struct dv_ctx {
 	struct dv_dev *dev;
 	struct v4l2_ctrl_handler hdl;
 	struct v4l2_ctrl *ctrls[DV_NUM_CODECS][DV_MAX_CODEC_CTRLS];
-	struct mutex vb_mutex;
+	struct mutex vb_mutex;		/* both vb2 queues */
 	struct v4l2_format coded_fmt;
 	struct v4l2_format decoded_fmt;
 	const struct dv_coded_format *codec;

@@ -6,6 +6,7 @@
 //!
 //! * [`transport`]: datagrams with descriptors over a unix `SOCK_SEQPACKET`
 //!   socket, interruptible receives and sends ([`transport::Shutdown`]);
+//! * [`chardev`]: the same over the kernel module's `/dev/daedalus-bridge`;
 //! * [`buffers`]: mapping of registered buffer memory (memfd, dmabuf) and
 //!   the backend's zero-copy view of it;
 //! * [`server`]: the protocol session, one worker per context, bounded
@@ -21,6 +22,7 @@
 
 pub mod backend;
 pub mod buffers;
+pub mod chardev;
 pub mod reply;
 pub mod server;
 pub mod stats;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! daedalus-daemon --connect PATH [--once] [--threads N]
+//! daedalus-daemon --bridge /dev/daedalus-bridge [--once] [--threads N]
 //! ```
 //!
 //! Reconnects with a growing delay whenever the frontend goes away or cannot
@@ -13,12 +14,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use daedalus_daemon::chardev::Chardev;
 use daedalus_daemon::server::{ServeError, Server, ServerConfig, SessionEnd};
-use daedalus_daemon::transport::{SeqPacket, Shutdown};
+use daedalus_daemon::transport::{SeqPacket, Shutdown, Transport};
 
-const USAGE: &str = "usage: daedalus-daemon --connect PATH [--once] [--threads N] [--plugin LIB]
+const USAGE: &str =
+    "usage: daedalus-daemon (--connect PATH | --bridge DEV) [--once] [--threads N] [--plugin LIB]
 
   --connect PATH  unix SOCK_SEQPACKET socket of the frontend
+  --bridge DEV    the kernel module's bridge device (/dev/daedalus-bridge)
   --once          serve one connection, do not reconnect
   --threads N     most jobs decoding at once (default: number of cores)
   --plugin LIB    decode the codecs LIB supports with this backend plugin
@@ -26,9 +30,33 @@ const USAGE: &str = "usage: daedalus-daemon --connect PATH [--once] [--threads N
 
 Logging: RUST_LOG (default info).";
 
+/// Where the frontend is.
+#[derive(Debug, PartialEq)]
+enum Endpoint {
+    /// A unix seqpacket socket (CUSE frontend, embedded runner).
+    Socket(PathBuf),
+    /// The kernel module's bridge character device.
+    Bridge(PathBuf),
+}
+
+impl Endpoint {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Endpoint::Socket(p) | Endpoint::Bridge(p) => p,
+        }
+    }
+
+    fn connect(&self) -> std::io::Result<Arc<dyn Transport>> {
+        Ok(match self {
+            Endpoint::Socket(p) => Arc::new(SeqPacket::connect(p)?),
+            Endpoint::Bridge(p) => Arc::new(Chardev::open(p)?),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Args {
-    connect: PathBuf,
+    connect: Endpoint,
     once: bool,
     threads: Option<usize>,
     plugin: Option<PathBuf>,
@@ -51,7 +79,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         match flag.as_str() {
-            "--connect" => connect = Some(PathBuf::from(value("--connect")?)),
+            "--connect" | "--bridge" if connect.is_some() => {
+                return Err("give one of --connect and --bridge".into())
+            }
+            "--connect" => connect = Some(Endpoint::Socket(PathBuf::from(value("--connect")?))),
+            "--bridge" => connect = Some(Endpoint::Bridge(PathBuf::from(value("--bridge")?))),
             "--threads" => {
                 let v = value("--threads")?;
                 let n: usize = v
@@ -69,7 +101,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     Ok(Args {
-        connect: connect.ok_or("--connect PATH is required")?,
+        connect: connect.ok_or("--connect PATH or --bridge DEV is required")?,
         once,
         threads,
         plugin,
@@ -133,7 +165,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    tracing::info!(path = %args.connect.display(), threads = cfg.threads, "daedalus-daemon starting");
+    tracing::info!(path = %args.connect.path().display(), threads = cfg.threads, "daedalus-daemon starting");
     let server = Server::new(cfg);
 
     // The delay before the next attempt grows while attempts fail (no
@@ -146,13 +178,13 @@ fn main() -> ExitCode {
         if shutdown.is_triggered() {
             return ExitCode::SUCCESS;
         }
-        let end = match SeqPacket::connect(&args.connect) {
-            Ok(sock) => {
+        let end = match args.connect.connect() {
+            Ok(link) => {
                 tracing::info!("connected");
-                server.serve(Arc::new(sock), &shutdown)
+                server.serve(link, &shutdown)
             }
             Err(e) => {
-                tracing::warn!(path = %args.connect.display(), "cannot connect: {e}");
+                tracing::warn!(path = %args.connect.path().display(), "cannot connect: {e}");
                 if args.once {
                     return ExitCode::FAILURE;
                 }
@@ -198,7 +230,13 @@ mod tests {
     #[test]
     fn args() {
         let a = parse(&["--connect", "/tmp/s", "--threads=3", "--once"]).unwrap();
-        assert_eq!(a.connect, PathBuf::from("/tmp/s"));
+        assert_eq!(a.connect, Endpoint::Socket(PathBuf::from("/tmp/s")));
+        let b = parse(&["--bridge", "/dev/daedalus-bridge"]).unwrap();
+        assert_eq!(
+            b.connect,
+            Endpoint::Bridge(PathBuf::from("/dev/daedalus-bridge"))
+        );
+        assert!(parse(&["--bridge", "/dev/x", "--connect", "/tmp/s"]).is_err());
         assert_eq!(a.threads, Some(3));
         assert!(a.once);
         assert!(parse(&["--threads", "2"]).is_err());

@@ -1,0 +1,72 @@
+# shellcheck shell=bash
+# Helpers sourced by tests/vm/40-kernel-*.sh (not executable: not a test of its own).
+# The module must be built on the host first:
+#   make -C kernel KDIR=$(vm/kdir) KBUILD_EXTRA_SYMBOLS=$(vm/kdir --symvers)
+# and the binaries: cargo build --release -p daedalus -p daedalus-daemon
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+ko=$root/kernel/daedalus.ko
+bridge=/dev/daedalus-bridge
+[ -f "$ko" ] || { echo "missing $ko: make -C kernel KDIR=\$(vm/kdir) KBUILD_EXTRA_SYMBOLS=\$(vm/kdir --symvers)"; exit 1; }
+work=$(mktemp -d)
+daemon=
+cleanup() {
+    [ -z "$daemon" ] || kill -KILL "$daemon" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# kload [params...]: insmod kernel/daedalus.ko; sets $dev to its video node, $media to its media node.
+kload() {
+    insmod "$ko" "$@"
+    dev=
+    media=
+    for _ in $(seq 50); do [ -e "$bridge" ] && break; sleep 0.1; done
+    for n in /sys/class/video4linux/video*; do
+        [ "$(cat "$n/name")" = daedalus ] && dev=/dev/${n##*/}
+    done
+    for m in /sys/bus/media/devices/media*; do
+        [ "$(cat "$m/model" 2>/dev/null)" = daedalus ] && media=/dev/${m##*/}
+    done
+    [ -n "$dev" ] && [ -n "$media" ] && [ -c "$bridge" ] || { echo "daedalus nodes missing"; ls -l /dev; exit 1; }
+}
+
+# refcount: the module's use count (lsmod's third column).
+refcount() { awk '$1 == "daedalus" { print $3 }' /proc/modules; }
+
+# start_daemon: daedalus-daemon --bridge in the background ($daemon), waits until attached.
+start_daemon() {
+    local bin=$target/release/daedalus-daemon
+    [ -x "$bin" ] || { echo "missing $bin: cargo build --release -p daedalus-daemon"; exit 1; }
+    "$bin" --bridge "$bridge" >"$work/daemon.log" 2>&1 &
+    daemon=$!
+    for _ in $(seq 100); do
+        dmesg | grep -q 'daedalus: daemon attached\|daedalus daedalus: daemon attached' && return 0
+        sleep 0.1
+    done
+    cat "$work/daemon.log"
+    echo "daemon did not attach"
+    exit 1
+}
+
+stop_daemon() {
+    kill -TERM "$daemon"
+    wait "$daemon" || true
+    daemon=
+}
+
+# no_d_state: fails when any task sleeps uninterruptibly (the #146 hang).
+no_d_state() {
+    local d
+    d=$(ps -eo stat=,pid=,comm= | awk '$1 ~ /^D/' || true)
+    [ -z "$d" ] || { echo "tasks in D state: $d"; exit 1; }
+}
+
+# Small streams of each codec (as tests/vm/daedalus-device-visl.sh makes them).
+make_streams() {
+    ffmpeg -v error -f lavfi -i testsrc2=size=176x144:rate=25 -frames:v 20 -pix_fmt yuv420p -c:v libx264 -profile:v main -bf 2 -g 12 "$work/h264.h264"
+    ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -pix_fmt yuv420p -c:v libx265 -x265-params log-level=error "$work/hevc.hevc"
+    ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libvpx -f ivf "$work/vp8.ivf"
+    ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libvpx-vp9 -auto-alt-ref 1 -lag-in-frames 8 -f ivf "$work/vp9.ivf"
+    ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libaom-av1 -cpu-used 8 -f ivf "$work/av1.ivf"
+}
