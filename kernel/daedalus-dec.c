@@ -343,6 +343,9 @@ void dv_device_run(void *priv)
 	src = v4l2_m2m_next_src_buf(m2m_ctx);
 	dst = v4l2_m2m_next_dst_buf(m2m_ctx);
 	req = src->vb2_buf.req_obj.req;
+	src->sequence = ctx->out_seq++;
+	if (m2m_ctx->new_frame)
+		dst->sequence = ctx->cap_seq++;
 
 	spin_lock_irqsave(&br->lock, flags);
 	ctx->dispatching = true;

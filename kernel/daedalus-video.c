@@ -360,6 +360,12 @@ static void dv_buf_request_complete(struct vb2_buffer *vb)
 
 static int dv_start_streaming(struct vb2_queue *vq, unsigned int count)
 {
+	struct dv_ctx *ctx = vb2_get_drv_priv(vq);
+
+	if (V4L2_TYPE_IS_OUTPUT(vq->type))
+		ctx->out_seq = 0;
+	else
+		ctx->cap_seq = 0;
 	return 0;
 }
 
@@ -424,8 +430,12 @@ int dv_queue_init(void *priv, struct vb2_queue *src_vq,
 	src_vq->mem_ops = &vb2_vmalloc_memops;
 	src_vq->timestamp_flags = V4L2_BUF_FLAG_TIMESTAMP_COPY;
 	src_vq->lock = &ctx->vb_mutex;
+	/*
+	 * Requests are optional, as with visl: a job without one runs with
+	 * the current control values (v4l2-compliance's streaming tests queue
+	 * OUTPUT buffers without requests).
+	 */
 	src_vq->supports_requests = true;
-	src_vq->requires_requests = true;
 	src_vq->subsystem_flags |= VB2_V4L2_FL_SUPPORTS_M2M_HOLD_CAPTURE_BUF;
 	ret = vb2_queue_init(src_vq);
 	if (ret)

@@ -166,6 +166,8 @@ struct dv_dev {
  * @coded_fmt:	OUTPUT format
  * @decoded_fmt: CAPTURE format
  * @codec:	the codec of @coded_fmt
+ * @out_seq:	sequence number of the next OUTPUT buffer (device_run)
+ * @cap_seq:	sequence number of the next CAPTURE picture (device_run)
  * @id:		context id on the wire
  * @node:	entry of dv_bridge.contexts (bridge lock)
  * @opened_gen:	connection on which CTX_OPEN was sent (bridge lock)
@@ -183,6 +185,8 @@ struct dv_ctx {
 	struct v4l2_format coded_fmt;
 	struct v4l2_format decoded_fmt;
 	const struct dv_coded_format *codec;
+	u32 out_seq;
+	u32 cap_seq;
 	u32 id;
 	struct list_head node;
 	u64 opened_gen;
