@@ -771,6 +771,8 @@ pub fn device_config() -> Config {
         memory_dmabuf: false,
         daemon_memory: proto::DV_MEM_MEMFD,
         features: proto::DV_FEAT_MEMFD | proto::DV_FEAT_CANCEL | proto::DV_FEAT_HOLD_CAPTURE,
+        // No artificial limit on opens (v4l2-compliance opens 100).
+        max_contexts: 4096,
         ..Config::default()
     }
 }
@@ -879,11 +881,9 @@ fn find_ctrl(codec: Codec, id: u32) -> Option<CtrlDesc> {
 }
 
 fn fill_format(a: &mut Format, f: &PixFormat) {
-    let colorspace = if fmt::codec_of(f.fourcc).is_some() {
-        0
-    } else {
-        8 // V4L2_COLORSPACE_REC709
-    };
+    // V4L2_COLORSPACE_REC709 on both queues: a stateless decoder reports
+    // on CAPTURE what the OUTPUT side says.
+    let colorspace = 3;
     let p = &mut a.pix_mp;
     *p = PixFormatMplane::new_zeroed();
     p.width = f.width;
@@ -959,10 +959,8 @@ fn fill_buffer(
 fn try_dqbuf(g: &mut Core, fh: u64, caller: Caller, mut a: BufArg) -> IoResult<BufArg> {
     let q = queue_of(a.buf.type_)?;
     let ctx = g.files.get(&fh).ok_or(Errno(libc::EBADF))?.ctx;
+    // vb2 does not check `memory` on DQBUF (clients often leave it 0).
     let memory = g.dev.memory(ctx, q).ok_or(EINVAL)?;
-    if a.buf.memory != memory_wire(memory) {
-        return Err(EINVAL);
-    }
     if a.planes.len() < g.dev.format(ctx, q).map_or(1, |f| f.num_planes as usize) {
         return Err(EINVAL);
     }
@@ -1407,6 +1405,19 @@ impl VideoIoctls for VideoNode {
         for (i, x) in a.ctrls.iter().enumerate() {
             let id = x.id;
             let size = x.size;
+            if id & 0xffff == 1
+                && controls_sorted(codec)
+                    .iter()
+                    .any(|d| d.id == id && is_class(d))
+            {
+                // Class controls: write-only for reads, read-only for writes.
+                a.head.error_idx = if cmd == VIDIOC_TRY_EXT_CTRLS {
+                    i as u32
+                } else {
+                    n as u32
+                };
+                return Err(Errno(libc::EACCES));
+            }
             let Some(d) = codec.desc().find(id) else {
                 a.head.error_idx = if cmd == VIDIOC_G_EXT_CTRLS || try_only {
                     i as u32
