@@ -159,6 +159,7 @@ void dv_bridge_detach(struct dv_dev *dev, const char *why)
 	LIST_HEAD(unsent);
 	LIST_HEAD(active);
 	unsigned long flags;
+	unsigned int drained = 0;
 	struct dv_stats st;
 
 	spin_lock_irqsave(&br->lock, flags);
@@ -175,7 +176,6 @@ void dv_bridge_detach(struct dv_dev *dev, const char *why)
 		else
 			kfree(j);
 	}
-	st = br->stats;
 	spin_unlock_irqrestore(&br->lock, flags);
 
 	wake_up_interruptible(&br->wq);
@@ -187,10 +187,14 @@ void dv_bridge_detach(struct dv_dev *dev, const char *why)
 		list_del(&j->node);
 		dv_job_complete(j->ctx, VB2_BUF_STATE_ERROR, NULL);
 		kfree(j);
+		drained++;
 	}
+	spin_lock_irqsave(&br->lock, flags);
+	st = br->stats;
+	spin_unlock_irqrestore(&br->lock, flags);
 	dev_info(dev->v4l2_dev.dev,
-		 "daemon detached (%s); fail-fast %llu, timeouts %llu, errors %llu, unknown %llu, foreign %llu, zombie acks %llu\n",
-		 why, st.fail_fast, st.timeouts, st.errors, st.unknown,
+		 "daemon detached (%s): %u jobs in flight failed; fail-fast %llu, timeouts %llu, errors %llu, unknown %llu, foreign %llu, zombie acks %llu\n",
+		 why, drained, st.fail_fast, st.timeouts, st.errors, st.unknown,
 		 st.foreign, st.zombie_acks);
 }
 
