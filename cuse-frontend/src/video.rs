@@ -579,7 +579,13 @@ impl Core {
                     }
                     DevEvent::RequestDone(r) => self.req_done.push(r),
                     DevEvent::DaemonDetached { gen } => {
-                        tracing::warn!(gen, "daemon detached");
+                        let st = self.dev.stats();
+                        tracing::warn!(
+                            gen,
+                            drained = st.drained,
+                            fail_fast = st.fail_fast,
+                            "daemon detached: its jobs in flight completed with ERROR"
+                        );
                         if let Some(l) = self.link.take_if(|l| l.gen == gen) {
                             l.sock.close();
                         }
