@@ -450,6 +450,7 @@ struct OpenFile {
     subs: Vec<(u32, u32)>,
     ev_seq: u32,
     prio: u32,
+    color: Colorimetry,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -886,17 +887,37 @@ fn find_ctrl(codec: Codec, id: u32) -> Option<CtrlDesc> {
     })
 }
 
-fn fill_format(a: &mut Format, f: &PixFormat) {
-    // V4L2_COLORSPACE_REC709 on both queues: a stateless decoder reports
-    // on CAPTURE what the OUTPUT side says.
-    let colorspace = 3;
+/// Colorimetry of a context: colorspace, xfer_func, ycbcr_enc,
+/// quantization. A stateless decoder takes it from the client's OUTPUT
+/// format and reports it on both queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Colorimetry([u32; 4]);
+
+/// `V4L2_COLORSPACE_REC709`, the rest default.
+const DEFAULT_COLOR: Colorimetry = Colorimetry([3, 0, 0, 0]);
+
+impl Colorimetry {
+    fn of(p: &PixFormatMplane) -> Self {
+        Colorimetry([
+            p.colorspace,
+            u32::from(p.xfer_func),
+            u32::from(p.ycbcr_enc),
+            u32::from(p.quantization),
+        ])
+    }
+}
+
+fn fill_format(a: &mut Format, f: &PixFormat, color: Colorimetry) {
     let p = &mut a.pix_mp;
     *p = PixFormatMplane::new_zeroed();
     p.width = f.width;
     p.height = f.height;
     p.pixelformat = f.fourcc;
     p.field = FIELD_NONE;
-    p.colorspace = colorspace;
+    p.colorspace = color.0[0];
+    p.xfer_func = color.0[1] as u8;
+    p.ycbcr_enc = color.0[2] as u8;
+    p.quantization = color.0[3] as u8;
     p.num_planes = f.num_planes as u8;
     for (i, pl) in f.planes[..f.num_planes as usize].iter().enumerate() {
         p.plane_fmt[i].sizeimage = pl.sizeimage;
@@ -1045,10 +1066,22 @@ impl VideoIoctls for VideoNode {
                 pl
             },
         };
+        let asked = Colorimetry::of(&p);
+        let mut color = g.files.get(&c.fh).map_or(DEFAULT_COLOR, |f| f.color);
         let f = if set {
             Self::prio_check(&g, c.fh)?;
-            g.dev.set_format(ctx, q, want)?
+            let f = g.dev.set_format(ctx, q, want)?;
+            if q == Queue::Output {
+                color = asked;
+                if let Some(file) = g.files.get_mut(&c.fh) {
+                    file.color = asked;
+                }
+            }
+            f
         } else if try_only {
+            if q == Queue::Output {
+                color = asked;
+            }
             match q {
                 Queue::Output => fmt::try_coded(
                     want.fourcc,
@@ -1064,7 +1097,7 @@ impl VideoIoctls for VideoNode {
         } else {
             g.dev.format(ctx, q).ok_or(EINVAL)?
         };
-        fill_format(a, &f);
+        fill_format(a, &f, color);
         Ok(())
     }
 
@@ -1425,11 +1458,7 @@ impl VideoIoctls for VideoNode {
                 return Err(Errno(libc::EACCES));
             }
             let Some(d) = codec.desc().find(id) else {
-                a.head.error_idx = if cmd == VIDIOC_G_EXT_CTRLS || try_only {
-                    i as u32
-                } else {
-                    n as u32
-                };
+                a.head.error_idx = if try_only { i as u32 } else { n as u32 };
                 return Err(EINVAL);
             };
             if d.is_compound() {
@@ -1661,6 +1690,7 @@ impl CuseDevice for VideoNode {
                 subs: Vec::new(),
                 ev_seq: 0,
                 prio: PRIORITY_INTERACTIVE,
+                color: DEFAULT_COLOR,
             },
         );
         g.by_ctx.insert(ctx, fh);
