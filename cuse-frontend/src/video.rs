@@ -1217,15 +1217,20 @@ impl VideoIoctls for VideoNode {
         }
         let n = info.num_planes as usize;
         let mut bytesused = [0u32; 4];
-        for i in 0..n {
-            let p = a.planes[i];
-            if p.m == 0 || p.length < info.length[i] {
+        for ((p, len), used) in a
+            .planes
+            .iter()
+            .zip(info.length)
+            .zip(bytesused.iter_mut())
+            .take(n)
+        {
+            if p.m == 0 || p.length < len {
                 return Err(EINVAL);
             }
             if q == Queue::Output && p.bytesused > p.length {
                 return Err(EINVAL);
             }
-            bytesused[i] = p.bytesused.min(info.length[i]);
+            *used = p.bytesused.min(len);
         }
         if q == Queue::Output && request.is_none() {
             return Err(Errno(libc::EBADR));
@@ -1240,16 +1245,16 @@ impl VideoIoctls for VideoNode {
                     .collect::<std::io::Result<_>>()
                     .map_err(|_| Errno(libc::ENOMEM))?;
             }
-            for i in 0..n {
-                m.user[i] = (a.planes[i].m, a.planes[i].length);
+            let planes = a
+                .planes
+                .iter()
+                .zip(m.shadow.iter_mut())
+                .zip(m.user.iter_mut());
+            for (((p, shadow), user), used) in planes.zip(bytesused).take(n) {
+                *user = (p.m, p.length);
                 if q == Queue::Output {
-                    let len = bytesused[i] as usize;
-                    read_remote(
-                        c.caller.pid,
-                        a.planes[i].m,
-                        &mut m.shadow[i].bytes_mut()[..len],
-                    )
-                    .map_err(Errno)?;
+                    let dst = &mut shadow.bytes_mut()[..used as usize];
+                    read_remote(c.caller.pid, p.m, dst).map_err(Errno)?;
                 }
             }
         }
@@ -1474,6 +1479,13 @@ impl VideoIoctls for VideoNode {
                     a.ctrls[i].size = need as u32;
                     a.head.error_idx = i as u32;
                     return Err(Errno(libc::ENOSPC));
+                }
+                // Setting: a payload smaller than one element is EFAULT
+                // (the kernel's prepare_ext_ctrls); dynamic arrays give
+                // their element count by size.
+                if cmd != VIDIOC_G_EXT_CTRLS && (size as usize) < need {
+                    a.head.error_idx = if try_only { i as u32 } else { n as u32 };
+                    return Err(Errno(libc::EFAULT));
                 }
             }
         }
@@ -1756,5 +1768,432 @@ impl CuseDevice for VideoNode {
                 g.interrupted.pop_front();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The dispatcher and the node against decoder-core, with a small
+    //! emulation of the kernel's side of unrestricted ioctls: a fake
+    //! caller memory, the RETRY rounds, the scatter of the results.
+    use super::*;
+    use crate::cuse::{IoVec, IoctlOut, OutHeader, FUSE_IOCTL_RETRY, FUSE_IOCTL_UNRESTRICTED};
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    const BASE: u64 = 0x10_0000;
+
+    /// The caller's memory: one arena at BASE.
+    struct Mem(Vec<u8>);
+
+    impl Mem {
+        fn new() -> Self {
+            Mem(vec![0; 1 << 16])
+        }
+        fn range(&mut self, v: IoVec) -> &mut [u8] {
+            let o = (v.base - BASE) as usize;
+            &mut self.0[o..o + v.len as usize]
+        }
+        fn put<T: IntoBytes + zerocopy::Immutable>(&mut self, at: u64, v: &T) {
+            let b = v.as_bytes();
+            self.range(IoVec {
+                base: at,
+                len: b.len() as u64,
+            })
+            .copy_from_slice(b);
+        }
+        fn get<T: FromBytes>(&mut self, at: u64) -> T {
+            let n = std::mem::size_of::<T>();
+            T::read_from_bytes(self.range(IoVec {
+                base: at,
+                len: n as u64,
+            }))
+            .unwrap()
+        }
+    }
+
+    struct H {
+        node: VideoNode,
+        chan: Arc<Channel>,
+        peer: UnixStream,
+        unique: u64,
+    }
+
+    enum Out {
+        Done(i32),
+        Parked(u64),
+    }
+
+    impl H {
+        fn new() -> Self {
+            let (a, b) = UnixStream::pair().unwrap();
+            let chan = Channel::from_file(std::fs::File::from(std::os::fd::OwnedFd::from(a)));
+            let node = VideoNode::new("video-test", device_config());
+            node.set_channel(chan.clone());
+            b.set_nonblocking(true).unwrap();
+            H {
+                node,
+                chan,
+                peer: b,
+                unique: 100,
+            }
+        }
+
+        fn caller(&mut self) -> Caller {
+            self.unique += 2;
+            Caller {
+                unique: self.unique,
+                pid: std::process::id(),
+                uid: 0,
+            }
+        }
+
+        fn read_reply(&mut self) -> Option<(OutHeader, Vec<u8>)> {
+            let mut h = [0u8; 16];
+            match self.peer.read_exact(&mut h) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) => panic!("{e}"),
+            }
+            let h = OutHeader::read_from_bytes(&h).unwrap();
+            let mut rest = vec![0u8; h.len as usize - 16];
+            self.peer.set_nonblocking(false).unwrap();
+            self.peer.read_exact(&mut rest).unwrap();
+            self.peer.set_nonblocking(true).unwrap();
+            Some((h, rest))
+        }
+
+        /// One ioctl as the kernel runs it: rounds until a final answer.
+        /// Returns the result (or -errno) and the number of rounds.
+        fn ioctl(&mut self, fh: u64, cmd: u32, arg: u64, mem: &mut Mem) -> (Out, usize) {
+            let mut input: Vec<IoVec> = Vec::new();
+            let mut output: Vec<IoVec> = Vec::new();
+            for round in 1..10 {
+                let mut data = Vec::new();
+                for v in &input {
+                    data.extend_from_slice(mem.range(*v));
+                }
+                let io = IoctlIn {
+                    fh,
+                    flags: FUSE_IOCTL_UNRESTRICTED,
+                    cmd,
+                    arg,
+                    in_size: data.len() as u32,
+                    out_size: output.iter().map(|v| v.len as u32).sum(),
+                };
+                let caller = self.caller();
+                let reply = ReplyIoctl::new(self.chan.clone(), caller.unique);
+                self.node.ioctl(caller, io, &data, reply);
+                let Some((h, rest)) = self.read_reply() else {
+                    return (Out::Parked(caller.unique), round);
+                };
+                if h.error != 0 {
+                    return (Out::Done(h.error), round);
+                }
+                let out = IoctlOut::read_from_prefix(&rest).unwrap().0;
+                let payload = &rest[16..];
+                if out.flags & FUSE_IOCTL_RETRY != 0 {
+                    let iovs = <[IoVec]>::ref_from_bytes(payload).unwrap();
+                    let ni = out.in_iovs as usize;
+                    input = iovs[..ni].to_vec();
+                    output = iovs[ni..].to_vec();
+                    continue;
+                }
+                let mut p = payload;
+                for v in &output {
+                    let n = (v.len as usize).min(p.len());
+                    mem.range(*v)[..n].copy_from_slice(&p[..n]);
+                    p = &p[n..];
+                }
+                return (Out::Done(out.result), round);
+            }
+            panic!("too many rounds");
+        }
+
+        fn ok(&mut self, fh: u64, cmd: u32, arg: u64, mem: &mut Mem) -> usize {
+            match self.ioctl(fh, cmd, arg, mem) {
+                (Out::Done(0), rounds) => rounds,
+                (Out::Done(e), _) => panic!("ioctl {cmd:#x}: {e}"),
+                (Out::Parked(_), _) => panic!("parked"),
+            }
+        }
+
+        fn err(&mut self, fh: u64, cmd: u32, arg: u64, mem: &mut Mem) -> i32 {
+            match self.ioctl(fh, cmd, arg, mem) {
+                (Out::Done(e), _) => -e,
+                (Out::Parked(_), _) => panic!("parked"),
+            }
+        }
+
+        fn open(&self, flags: u32) -> u64 {
+            self.node
+                .open(
+                    Caller {
+                        unique: 1,
+                        pid: 1,
+                        uid: 0,
+                    },
+                    flags,
+                )
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn querycap_takes_one_retry() {
+        let mut h = H::new();
+        let fh = h.open(0);
+        let mut m = Mem::new();
+        assert_eq!(h.ok(fh, VIDIOC_QUERYCAP, BASE, &mut m), 2);
+        let cap: Capability = m.get(BASE);
+        assert_eq!(&cap.driver[..13], b"daedalus-cuse");
+        assert_eq!(cap.device_caps & CAP_VIDEO_M2M_MPLANE, CAP_VIDEO_M2M_MPLANE);
+        assert_eq!(cap.capabilities, cap.device_caps | CAP_DEVICE_CAPS);
+        // Unknown ioctl: ENOTTY at once.
+        assert_eq!(h.err(fh, 0xc000_56ff, BASE, &mut m), libc::ENOTTY);
+        // Unknown file.
+        assert_eq!(h.err(999, VIDIOC_G_FMT, BASE, &mut m), libc::EINVAL);
+    }
+
+    #[test]
+    fn formats_follow_decoder_core() {
+        let mut h = H::new();
+        let fh = h.open(0);
+        let mut m = Mem::new();
+        let mut f = Format::new_zeroed();
+        f.type_ = BUF_TYPE_VIDEO_OUTPUT_MPLANE;
+        f.pix_mp.pixelformat = fmt::PIX_FMT_VP9_FRAME;
+        f.pix_mp.width = 100;
+        f.pix_mp.height = 50;
+        f.pix_mp.colorspace = 1;
+        m.put(BASE, &f);
+        h.ok(fh, VIDIOC_S_FMT, BASE, &mut m);
+        let got: Format = m.get(BASE);
+        let want = fmt::try_coded(fmt::PIX_FMT_VP9_FRAME, 100, 50, 0);
+        assert_eq!(got.pix_mp.pixelformat, want.fourcc);
+        assert_eq!(got.pix_mp.plane_fmt[0].sizeimage, want.planes[0].sizeimage);
+        let mut f = Format::new_zeroed();
+        f.type_ = BUF_TYPE_VIDEO_CAPTURE_MPLANE;
+        m.put(BASE, &f);
+        h.ok(fh, VIDIOC_G_FMT, BASE, &mut m);
+        let got: Format = m.get(BASE);
+        let want = fmt::try_decoded(fmt::PIX_FMT_NV12, 100, 50);
+        assert_eq!(
+            (got.pix_mp.width, got.pix_mp.height),
+            (want.width, want.height)
+        );
+        assert_eq!(
+            got.pix_mp.colorspace, 1,
+            "CAPTURE reports OUTPUT's colorimetry"
+        );
+        let mut d = FmtDesc::new_zeroed();
+        d.type_ = BUF_TYPE_VIDEO_OUTPUT_MPLANE;
+        d.index = fmt::CODED_FORMATS.len() as u32;
+        m.put(BASE, &d);
+        assert_eq!(h.err(fh, VIDIOC_ENUM_FMT, BASE, &mut m), libc::EINVAL);
+    }
+
+    fn reqbufs(
+        h: &mut H,
+        fh: u64,
+        m: &mut Mem,
+        ty: u32,
+        memory: u32,
+        count: u32,
+    ) -> Result<RequestBuffers, i32> {
+        let mut r = RequestBuffers::new_zeroed();
+        r.type_ = ty;
+        r.memory = memory;
+        r.count = count;
+        m.put(BASE, &r);
+        match h.ioctl(fh, VIDIOC_REQBUFS, BASE, m).0 {
+            Out::Done(0) => Ok(m.get(BASE)),
+            Out::Done(e) => Err(-e),
+            Out::Parked(_) => panic!(),
+        }
+    }
+
+    #[test]
+    fn buffers_memory_types_and_nested_planes() {
+        let mut h = H::new();
+        let fh = h.open(0);
+        let mut m = Mem::new();
+        let out = BUF_TYPE_VIDEO_OUTPUT_MPLANE;
+        assert_eq!(
+            reqbufs(&mut h, fh, &mut m, out, MEMORY_MMAP, 2).unwrap_err(),
+            libc::EINVAL
+        );
+        let r = reqbufs(&mut h, fh, &mut m, out, MEMORY_USERPTR, 2).unwrap();
+        assert_eq!(r.count, 2);
+        assert_ne!(r.capabilities & BUF_CAP_SUPPORTS_REQUESTS, 0);
+        assert_eq!(r.capabilities & BUF_CAP_SUPPORTS_MMAP, 0);
+        // QUERYBUF: the v4l2_buffer, then its plane array (three rounds).
+        let mut b = Buffer::new_zeroed();
+        b.type_ = out;
+        b.index = 1;
+        b.m = BASE + 0x1000;
+        b.length = 1;
+        m.put(BASE, &b);
+        assert_eq!(h.ok(fh, VIDIOC_QUERYBUF, BASE, &mut m), 3);
+        let got: Buffer = m.get(BASE);
+        let plane: Plane = m.get(BASE + 0x1000);
+        assert_eq!(got.index, 1);
+        assert_eq!(got.memory, MEMORY_USERPTR);
+        assert_eq!(
+            plane.length,
+            fmt::try_coded(fmt::PIX_FMT_H264_SLICE, 1920, 1080, 0).planes[0].sizeimage
+        );
+        // Too many planes: refused before fetching them.
+        b.length = VIDEO_MAX_PLANES + 1;
+        m.put(BASE, &b);
+        assert_eq!(h.err(fh, VIDIOC_QUERYBUF, BASE, &mut m), libc::EINVAL);
+        // QBUF(OUTPUT) without a request: EBADR, as vb2 for request-only queues.
+        let mut b = Buffer::new_zeroed();
+        b.type_ = out;
+        b.memory = MEMORY_USERPTR;
+        b.m = BASE + 0x1000;
+        b.length = 1;
+        let mut p = Plane::default();
+        p.m = BASE + 0x2000;
+        p.length = plane.length;
+        p.bytesused = 10;
+        m.put(BASE, &b);
+        m.put(BASE + 0x1000, &p);
+        assert_eq!(h.err(fh, VIDIOC_QBUF, BASE, &mut m), libc::EBADR);
+        // A request fd with no resolver (no media side): EINVAL.
+        b.flags = BUF_FLAG_REQUEST_FD;
+        b.request_fd = 5;
+        m.put(BASE, &b);
+        assert_eq!(h.err(fh, VIDIOC_QBUF, BASE, &mut m), libc::EINVAL);
+    }
+
+    #[test]
+    fn ext_ctrls_fetch_payloads_and_report_errors() {
+        let mut h = H::new();
+        let fh = h.open(0);
+        let mut m = Mem::new();
+        // H.264 SPS (compound) through three rounds: head, array, payload.
+        let sps = decoder_core::ctrl::h264::CODEC
+            .controls
+            .iter()
+            .find(|d| d.v4l2_type == ctrl_type::H264_SPS)
+            .unwrap();
+        let mut payload = sps.default_bytes();
+        let mut head = ExtControls::new_zeroed();
+        head.count = 1;
+        head.controls = BASE + 0x100;
+        let ctl = ExtControl {
+            id: sps.id,
+            size: payload.len() as u32,
+            reserved2: 0,
+            value: BASE + 0x1000,
+        };
+        m.put(BASE, &head);
+        m.put(BASE + 0x100, &ctl);
+        m.range(IoVec {
+            base: BASE + 0x1000,
+            len: payload.len() as u64,
+        })
+        .copy_from_slice(&payload);
+        assert_eq!(h.ok(fh, VIDIOC_S_EXT_CTRLS, BASE, &mut m), 4);
+        // G_EXT_CTRLS with a too small size: ENOSPC and the size needed.
+        let small = ExtControl { size: 4, ..ctl };
+        m.put(BASE + 0x100, &small);
+        assert_eq!(h.err(fh, VIDIOC_G_EXT_CTRLS, BASE, &mut m), libc::ENOSPC);
+        let back: ExtControl = m.get(BASE + 0x100);
+        assert_eq!({ back.size }, payload.len() as u32);
+        // A payload shorter than the control: EFAULT as in the kernel,
+        // error_idx = count (nothing applied).
+        payload.pop();
+        let big = ExtControl {
+            size: payload.len() as u32,
+            ..ctl
+        };
+        m.put(BASE + 0x100, &big);
+        m.put(BASE, &head);
+        assert_eq!(h.err(fh, VIDIOC_S_EXT_CTRLS, BASE, &mut m), libc::EFAULT);
+        let hb: ExtControls = m.get(BASE);
+        assert_eq!(hb.error_idx, 1);
+        // An unknown control in TRY: error_idx points at it.
+        let bad = ExtControl {
+            id: 0x00a4_0fff,
+            size: 0,
+            reserved2: 0,
+            value: 0,
+        };
+        m.put(BASE + 0x100, &bad);
+        m.put(BASE, &head);
+        assert_eq!(h.err(fh, VIDIOC_TRY_EXT_CTRLS, BASE, &mut m), libc::EINVAL);
+        let hb: ExtControls = m.get(BASE);
+        assert_eq!(hb.error_idx, 0);
+    }
+
+    #[test]
+    fn blocking_dqbuf_parks_and_interrupt_answers_eintr() {
+        let mut h = H::new();
+        let fh = h.open(0);
+        let nb = h.open(libc::O_NONBLOCK as u32);
+        let mut m = Mem::new();
+        let cap = BUF_TYPE_VIDEO_CAPTURE_MPLANE;
+        for f in [fh, nb] {
+            reqbufs(&mut h, f, &mut m, cap, MEMORY_USERPTR, 1).unwrap();
+            m.put(BASE, &cap);
+            h.ok(f, VIDIOC_STREAMON, BASE, &mut m);
+        }
+        let mut b = Buffer::new_zeroed();
+        b.type_ = cap;
+        b.m = BASE + 0x1000;
+        b.length = 1;
+        m.put(BASE, &b);
+        assert_eq!(h.err(nb, VIDIOC_DQBUF, BASE, &mut m), libc::EAGAIN);
+        let (out, _) = h.ioctl(fh, VIDIOC_DQBUF, BASE, &mut m);
+        let Out::Parked(unique) = out else {
+            panic!("a blocking DQBUF with nothing done must wait")
+        };
+        // Other opens are not stalled meanwhile.
+        h.ok(nb, VIDIOC_QUERYCAP, BASE + 0x3000, &mut m);
+        h.node.interrupt(unique);
+        let (hdr, _) = h.read_reply().expect("answered");
+        assert_eq!((hdr.unique, hdr.error), (unique, -libc::EINTR));
+        // Parked then closed: answered EBADF.
+        m.put(BASE, &b);
+        let (out, _) = h.ioctl(fh, VIDIOC_DQBUF, BASE, &mut m);
+        assert!(matches!(out, Out::Parked(_)));
+        h.node.release(fh);
+        let (hdr, _) = h.read_reply().expect("answered");
+        assert_eq!(hdr.error, -libc::EBADF);
+    }
+
+    #[test]
+    fn priority_record_blocks_other_files() {
+        let mut h = H::new();
+        let a = h.open(0);
+        let b = h.open(0);
+        let mut m = Mem::new();
+        m.put(BASE, &PRIORITY_RECORD);
+        h.ok(a, VIDIOC_S_PRIORITY, BASE, &mut m);
+        h.ok(b, VIDIOC_G_PRIORITY, BASE, &mut m);
+        assert_eq!(m.get::<u32>(BASE), PRIORITY_RECORD);
+        assert_eq!(
+            reqbufs(
+                &mut h,
+                b,
+                &mut m,
+                BUF_TYPE_VIDEO_OUTPUT_MPLANE,
+                MEMORY_USERPTR,
+                1
+            )
+            .unwrap_err(),
+            libc::EBUSY
+        );
+        reqbufs(
+            &mut h,
+            a,
+            &mut m,
+            BUF_TYPE_VIDEO_OUTPUT_MPLANE,
+            MEMORY_USERPTR,
+            1,
+        )
+        .unwrap();
     }
 }
