@@ -2053,10 +2053,12 @@ mod tests {
         b.memory = MEMORY_USERPTR;
         b.m = BASE + 0x1000;
         b.length = 1;
-        let mut p = Plane::default();
-        p.m = BASE + 0x2000;
-        p.length = plane.length;
-        p.bytesused = 10;
+        let p = Plane {
+            m: BASE + 0x2000,
+            length: plane.length,
+            bytesused: 10,
+            ..Default::default()
+        };
         m.put(BASE, &b);
         m.put(BASE + 0x1000, &p);
         assert_eq!(h.err(fh, VIDIOC_QBUF, BASE, &mut m), libc::EBADR);
