@@ -5,6 +5,10 @@
 //! daedalus-daemon --bridge /dev/daedalus-bridge [--once] [--threads N]
 //! ```
 //!
+//! `--job-stats PATH` writes, on exit, one line per decoded job: its
+//! timestamp (ns) and the microseconds spent in the backend's decode call
+//! (for the benchmarks' per-job overhead of the device paths).
+//!
 //! Reconnects with a growing delay whenever the frontend goes away or cannot
 //! be reached, unless `--once` is given. SIGTERM and SIGINT end it cleanly.
 //! Logging goes to stderr, filtered by `RUST_LOG` (default `info`).
@@ -20,6 +24,7 @@ use daedalus_daemon::transport::{SeqPacket, Shutdown, Transport};
 
 const USAGE: &str =
     "usage: daedalus-daemon (--connect PATH | --bridge DEV) [--once] [--threads N] [--plugin LIB]
+                       [--job-stats PATH]
 
   --connect PATH  unix SOCK_SEQPACKET socket of the frontend
   --bridge DEV    the kernel module's bridge device (/dev/daedalus-bridge)
@@ -27,6 +32,8 @@ const USAGE: &str =
   --threads N     most jobs decoding at once (default: number of cores)
   --plugin LIB    decode the codecs LIB supports with this backend plugin
                   (include/daedalus_backend.h); others use the built-in backends
+  --job-stats PATH
+                  on exit, write 'TIMESTAMP_NS BACKEND_US' per decoded job
 
 Logging: RUST_LOG (default info).";
 
@@ -60,6 +67,7 @@ struct Args {
     once: bool,
     threads: Option<usize>,
     plugin: Option<PathBuf>,
+    job_stats: Option<PathBuf>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -67,6 +75,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut once = false;
     let mut threads = None;
     let mut plugin = None;
+    let mut job_stats = None;
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -95,6 +104,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 threads = Some(n);
             }
             "--plugin" => plugin = Some(PathBuf::from(value("--plugin")?)),
+            "--job-stats" => job_stats = Some(PathBuf::from(value("--job-stats")?)),
             "--once" => once = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -105,6 +115,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         once,
         threads,
         plugin,
+        job_stats,
     })
 }
 
@@ -167,6 +178,25 @@ fn main() -> ExitCode {
     }
     tracing::info!(path = %args.connect.path().display(), threads = cfg.threads, "daedalus-daemon starting");
     let server = Server::new(cfg);
+    if args.job_stats.is_some() {
+        daedalus_daemon::stats::enable();
+    }
+    let code = serve_loop(&args, &server, &shutdown);
+    if let Some(path) = &args.job_stats {
+        let lines: String = daedalus_daemon::stats::take()
+            .iter()
+            .map(|(ts, d)| format!("{ts} {}\n", d.as_micros()))
+            .collect();
+        if let Err(e) = std::fs::write(path, lines) {
+            eprintln!("daedalus-daemon: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    code
+}
+
+/// Connects, serves and reconnects until the end (see the module docs).
+fn serve_loop(args: &Args, server: &Server, shutdown: &Shutdown) -> ExitCode {
 
     // The delay before the next attempt grows while attempts fail (no
     // frontend, or one that keeps breaking the protocol) and starts over
@@ -181,7 +211,7 @@ fn main() -> ExitCode {
         let end = match args.connect.connect() {
             Ok(link) => {
                 tracing::info!("connected");
-                server.serve(link, &shutdown)
+                server.serve(link, shutdown)
             }
             Err(e) => {
                 tracing::warn!(path = %args.connect.path().display(), "cannot connect: {e}");
