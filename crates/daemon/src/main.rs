@@ -197,7 +197,6 @@ fn main() -> ExitCode {
 
 /// Connects, serves and reconnects until the end (see the module docs).
 fn serve_loop(args: &Args, server: &Server, shutdown: &Shutdown) -> ExitCode {
-
     // The delay before the next attempt grows while attempts fail (no
     // frontend, or one that keeps breaking the protocol) and starts over
     // after a connection that ended normally.
