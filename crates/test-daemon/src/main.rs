@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use daedalus_daemon::chardev::Chardev;
 use daedalus_daemon::transport::{SeqPacket, Transport};
 use daedalus_test_daemon::TestDaemon;
 
@@ -71,11 +72,19 @@ fn connect(target: &Target) -> Result<Arc<dyn Transport>, String> {
                 }
             }
         }
-        Target::Bridge(p) => Err(format!(
-            "--bridge {}: this build has no kernel bridge transport yet \
-             (daedalus_daemon::chardev); use --connect",
-            p.display()
-        )),
+        Target::Bridge(p) => {
+            // A daemon killed just before may still hold the device (EBUSY).
+            let deadline = Instant::now() + CONNECT_RETRY;
+            loop {
+                match Chardev::open(p) {
+                    Ok(c) => return Ok(Arc::new(c)),
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(format!("opening {}: {e}", p.display()))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
     }
 }
 
