@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! daedalus-cuse serve [--name video9] [--media-name media9]
-//!                     (--socket PATH | --embedded-daemon) [--threads N]
+//!                     (--socket PATH | --embedded-daemon) [--memory userptr|dmabuf]
+//!                     [--threads N]
 //! daedalus-cuse run -- CMD [ARGS...]
 //! ```
 //!
@@ -22,7 +23,7 @@ use daedalus_daemon::server::{EmbeddedDaemon, ServerConfig};
 use daedalus_daemon::transport::SeqPacket;
 
 const USAGE: &str = "usage:
-  daedalus-cuse serve [--name NAME] [--media-name NAME] (--socket PATH | --embedded-daemon) [--threads N] [--daemon-threads N]
+  daedalus-cuse serve [--name NAME] [--media-name NAME] (--socket PATH | --embedded-daemon) [--memory userptr|dmabuf] [--threads N] [--daemon-threads N]
   daedalus-cuse run -- CMD [ARGS...]";
 
 #[derive(Debug)]
@@ -33,6 +34,7 @@ struct ServeArgs {
     embedded: bool,
     threads: usize,
     daemon_threads: usize,
+    memory: video::NodeMemory,
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeArgs> {
@@ -43,6 +45,7 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs> {
         embedded: false,
         threads: 4,
         daemon_threads: 1,
+        memory: video::NodeMemory::Userptr,
     };
     let mut it = args.iter();
     while let Some(k) = it.next() {
@@ -56,6 +59,13 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs> {
             "--media-name" => a.media_name = Some(val()?),
             "--socket" => a.socket = Some(PathBuf::from(val()?)),
             "--embedded-daemon" => a.embedded = true,
+            "--memory" => {
+                a.memory = match val()?.as_str() {
+                    "userptr" => video::NodeMemory::Userptr,
+                    "dmabuf" => video::NodeMemory::Dmabuf,
+                    m => bail!("--memory {m}: userptr or dmabuf"),
+                }
+            }
             "--threads" => a.threads = val()?.parse().context("--threads")?,
             "--daemon-threads" => a.daemon_threads = val()?.parse().context("--daemon-threads")?,
             other => bail!("unknown option {other}\n{USAGE}"),
@@ -71,7 +81,7 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs> {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    let node = video::VideoNode::new(&a.name, video::device_config());
+    let node = video::VideoNode::new(&a.name, video::device_config(a.memory));
     let chan = cuse::Channel::open("/dev/cuse".as_ref()).context("opening /dev/cuse")?;
     node.set_channel(chan.clone());
     let mut threads = cuse::serve(chan, &a.name, Arc::new(node.clone()), a.threads)

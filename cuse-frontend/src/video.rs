@@ -433,10 +433,24 @@ fn ctrls_call<H: VideoIoctls + ?Sized>(
 /// Memory of one buffer as the frontend keeps it.
 #[derive(Debug, Default)]
 struct BufMem {
-    /// memfd planes registered with the daemon.
+    /// memfd planes registered with the daemon (USERPTR).
     shadow: Vec<Shadow>,
-    /// Client memory of each plane (USERPTR address, length).
+    /// The client's dma-bufs, duplicated with `pidfd_getfd` (DMABUF),
+    /// with their inode numbers (a dma-buf's identity).
+    dmabuf: Vec<(std::os::fd::OwnedFd, u64)>,
+    /// Client memory of each plane (USERPTR address or DMABUF fd, length).
     user: [(u64, u32); 4],
+}
+
+impl BufMem {
+    /// The fds the daemon maps for this buffer.
+    fn daemon_fds(&self) -> Vec<BorrowedFd<'_>> {
+        if self.dmabuf.is_empty() {
+            self.shadow.iter().map(|s| s.fd()).collect()
+        } else {
+            self.dmabuf.iter().map(|(f, _)| f.as_fd()).collect()
+        }
+    }
 }
 
 /// One open file of the video node.
@@ -556,7 +570,7 @@ impl Core {
                         .get(&ctx)
                         .and_then(|fh| self.files.get(fh))
                         .and_then(|f| f.mem[qi(q)].get(i as usize))
-                        .map(|m| m.shadow.iter().map(|s| s.fd()).collect())
+                        .map(|m| m.daemon_fds())
                         .unwrap_or_default(),
                     None => Vec::new(),
                 };
@@ -769,15 +783,36 @@ pub struct VideoNode {
     pub shared: Arc<Shared>,
 }
 
+/// Buffer memory a node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeMemory {
+    /// USERPTR, copied through memfds the daemon decodes into.
+    Userptr,
+    /// DMABUF: the client's dma-bufs go to the daemon (zero copy).
+    Dmabuf,
+}
+
 /// The device configuration of the CUSE frontend: USERPTR (copied through
-/// memfds the daemon decodes into), no MMAP (CUSE cannot map).
-pub fn device_config() -> Config {
+/// memfds) or DMABUF (zero copy); never MMAP (CUSE cannot map). One kind
+/// per node: decoder-core registers every buffer with one `daemon_memory`.
+pub fn device_config(memory: NodeMemory) -> Config {
+    let dmabuf = memory == NodeMemory::Dmabuf;
     Config {
         memory_mmap: false,
-        memory_userptr: true,
-        memory_dmabuf: false,
-        daemon_memory: proto::DV_MEM_MEMFD,
-        features: proto::DV_FEAT_MEMFD | proto::DV_FEAT_CANCEL | proto::DV_FEAT_HOLD_CAPTURE,
+        memory_userptr: !dmabuf,
+        memory_dmabuf: dmabuf,
+        daemon_memory: if dmabuf {
+            proto::DV_MEM_DMABUF
+        } else {
+            proto::DV_MEM_MEMFD
+        },
+        features: proto::DV_FEAT_CANCEL
+            | proto::DV_FEAT_HOLD_CAPTURE
+            | if dmabuf {
+                proto::DV_FEAT_DMABUF
+            } else {
+                proto::DV_FEAT_MEMFD
+            },
         // No artificial limit on opens (v4l2-compliance opens 100).
         max_contexts: 4096,
         ..Config::default()
@@ -824,6 +859,80 @@ impl VideoNode {
         let max = g.files.values().map(|f| f.prio).max().unwrap_or(0);
         if mine < max {
             return Err(Errno(libc::EBUSY));
+        }
+        Ok(())
+    }
+
+    /// QBUF of a DMABUF buffer: the client's dma-buf of each plane is
+    /// duplicated (`pidfd_getfd`) and kept for the daemon; a different
+    /// dma-buf than last time (another inode) is registered again.
+    #[allow(clippy::too_many_arguments)]
+    fn qbuf_dmabuf(
+        &self,
+        mut g: CoreGuard<'_>,
+        c: &Call,
+        q: Queue,
+        ctx: CtxId,
+        info: BufferInfo,
+        request: Option<ReqId>,
+        a: &mut BufArg,
+    ) -> IoResult {
+        let index = a.buf.index;
+        let n = info.num_planes as usize;
+        if q == Queue::Output && request.is_none() {
+            return Err(Errno(libc::EBADR));
+        }
+        let mut bytesused = [0u32; 4];
+        let mut got = Vec::with_capacity(n);
+        for (i, p) in a.planes.iter().enumerate().take(n) {
+            let fd = p.m as u32 as i32;
+            let dup = crate::media::steal_fd(c.caller.pid, fd).map_err(|_| EINVAL)?;
+            let st = rustix::fs::fstat(&dup).map_err(|_| EINVAL)?;
+            if (st.st_size as u64) < u64::from(info.length[i]) {
+                return Err(EINVAL);
+            }
+            if q == Queue::Output {
+                if p.bytesused > st.st_size as u32 {
+                    return Err(EINVAL);
+                }
+                bytesused[i] = p.bytesused.min(info.length[i]);
+            }
+            got.push(((dup, st.st_ino), (u64::from(fd as u32), st.st_size as u32)));
+        }
+        let changed = {
+            let f = g.files.get_mut(&c.fh).expect("checked");
+            let m = f.mem[qi(q)].get_mut(index as usize).ok_or(EINVAL)?;
+            let old: Vec<u64> = m.dmabuf.iter().map(|(_, ino)| *ino).collect();
+            let new: Vec<u64> = got.iter().map(|((_, ino), _)| *ino).collect();
+            m.dmabuf.clear();
+            for (i, (dm, user)) in got.into_iter().enumerate() {
+                m.dmabuf.push(dm);
+                m.user[i] = user;
+            }
+            old != new
+        };
+        let ts = a.buf.tv_sec as u64 * 1_000_000_000 + a.buf.tv_usec as u64 * 1000;
+        let args = QbufArgs {
+            bytesused,
+            timestamp: ts,
+            flags: a.buf.flags,
+            request,
+            memory_changed: changed,
+        };
+        let now = g.now();
+        g.dev.qbuf(ctx, q, index, Memory::Dmabuf, args, now)?;
+        let info = g.dev.buffer(ctx, q, index).ok_or(EINVAL)?;
+        let f = g.files.get(&c.fh).expect("checked");
+        fill_buffer(
+            a,
+            index,
+            &info,
+            f.mem[qi(q)].get(index as usize),
+            Memory::Dmabuf,
+        );
+        if request.is_some() {
+            a.buf.flags |= BUF_FLAG_REQUEST_FD;
+            a.buf.request_fd = 0;
         }
         Ok(())
     }
@@ -971,7 +1080,7 @@ fn fill_buffer(
         p.length = info.length[i];
         p.data_offset = 0;
         p.m = mem.map_or(0, |m| m.user[i].0);
-        if memory == Memory::Userptr {
+        if memory != Memory::Mmap {
             if let Some(m) = mem {
                 if m.user[i].1 != 0 {
                     p.length = m.user[i].1;
@@ -1128,7 +1237,7 @@ impl VideoIoctls for VideoNode {
         let f = g.files.get_mut(&c.fh).expect("checked");
         f.mem[qi(q)] = (0..n).map(|_| BufMem::default()).collect();
         a.count = n;
-        a.capabilities = caps_of(q);
+        a.capabilities = caps_of(q, g.dev.config());
         a.flags = 0;
         a.reserved = [0; 3];
         Ok(())
@@ -1158,7 +1267,7 @@ impl VideoIoctls for VideoNode {
         f.mem[qi(q)].resize_with((first + n) as usize, BufMem::default);
         a.index = first;
         a.count = n;
-        a.capabilities = caps_of(q);
+        a.capabilities = caps_of(q, g.dev.config());
         a.max_num_buffers = g.dev.config().max_buffers;
         Ok(())
     }
@@ -1211,6 +1320,9 @@ impl VideoIoctls for VideoNode {
         };
         if info.state != BufState::Dequeued {
             return Err(EINVAL);
+        }
+        if memory == Memory::Dmabuf {
+            return self.qbuf_dmabuf(g, c, q, ctx, info, request, a);
         }
         if memory != Memory::Userptr {
             return Err(EINVAL);
@@ -1677,8 +1789,16 @@ impl VideoIoctls for VideoNode {
     }
 }
 
-fn caps_of(q: Queue) -> u32 {
-    let base = BUF_CAP_SUPPORTS_USERPTR;
+fn caps_of(q: Queue, cfg: &Config) -> u32 {
+    let base = if cfg.memory_dmabuf {
+        BUF_CAP_SUPPORTS_DMABUF
+    } else {
+        0
+    } | if cfg.memory_userptr {
+        BUF_CAP_SUPPORTS_USERPTR
+    } else {
+        0
+    };
     match q {
         Queue::Output => base | BUF_CAP_SUPPORTS_REQUESTS | BUF_CAP_SUPPORTS_M2M_HOLD_CAPTURE_BUF,
         Queue::Capture => base,
@@ -1828,7 +1948,7 @@ mod tests {
         fn new() -> Self {
             let (a, b) = UnixStream::pair().unwrap();
             let chan = Channel::from_file(std::fs::File::from(std::os::fd::OwnedFd::from(a)));
-            let node = VideoNode::new("video-test", device_config());
+            let node = VideoNode::new("video-test", device_config(NodeMemory::Userptr));
             node.set_channel(chan.clone());
             b.set_nonblocking(true).unwrap();
             H {

@@ -10,10 +10,13 @@ for b in "$cuse" "$daemon_bin" "$client"; do
     [ -x "$b" ] || { echo "missing $b: cargo build --release -p daedalus-cuse -p daedalus-daemon -p daedalus"; exit 1; }
 done
 
-# start_server [ARGS]: daedalus-cuse serve --socket in the background ($server).
+mem=userptr
+
+# start_server [ARGS]: daedalus-cuse serve --socket --memory $mem in the background ($server).
 start_server() {
-    RUST_LOG=${RUST_LOG:-warn} "$cuse" serve --name video9 --media-name media9 --socket "$sock" "$@" \
-        >"$work/server.log" 2>&1 &
+    rm -f "$sock"
+    RUST_LOG=${RUST_LOG:-warn} "$cuse" serve --name video9 --media-name media9 --socket "$sock" \
+        --memory "$mem" "$@" >"$work/server.log" 2>&1 &
     server=$!
     for _ in $(seq 100); do [ -e /dev/media9-request ] && [ -S "$sock" ] && return 0; sleep 0.1; done
     cat "$work/server.log"; echo "server did not come up"; exit 1
@@ -32,6 +35,16 @@ start_daemon() {
     echo "daemon did not connect"; exit 1
 }
 
+# stop_all: the daemon and the server; waits until the nodes are gone.
+stop_all() {
+    if [ -n "${daemon:-}" ]; then kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; fi
+    if [ -n "${server:-}" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+    daemon=
+    server=
+    for _ in $(seq 100); do [ -e /dev/video9 ] || [ -e /dev/media9 ] || return 0; sleep 0.1; done
+    echo "the nodes did not go away"; exit 1
+}
+
 cleanup() {
     [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null
     [ -n "${server:-}" ] && kill "$server" 2>/dev/null
@@ -47,5 +60,5 @@ decode() {
     local in=$1 out=$2
     shift 2
     "$cuse" run -- "$client" decode "$in" --device /dev/video9 --media /dev/media9 \
-        --memory userptr --framemd5 "$out" "$@"
+        --memory "$mem" --framemd5 "$out" "$@"
 }
