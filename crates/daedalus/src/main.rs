@@ -516,7 +516,7 @@ fn decode(
     );
     if job_stats {
         job_timings.extend(emb.take_job_timings());
-        print_job_stats(job_timings, daedalus_daemon::stats::take());
+        print_job_stats(job_timings, daedalus_daemon::stats::take_samples());
     }
     if errors > 0 {
         bail!("{errors} pictures failed to decode");
@@ -576,30 +576,38 @@ fn drain(emb: &mut Box<dyn Frontend>, player: &mut Player, sink: &mut Sink) -> R
 
 /// Per-job overhead: round trip through the stack minus the backend's
 /// decode call, median and p99.
-fn print_job_stats(round_trips: Vec<(u64, Duration)>, backend: Vec<(u64, Duration)>) {
+fn print_job_stats(
+    round_trips: Vec<(u64, Duration)>,
+    samples: Vec<daedalus_daemon::stats::Sample>,
+) {
     let mut in_backend: BTreeMap<u64, Duration> = BTreeMap::new();
-    for (ts, d) in backend {
-        *in_backend.entry(ts).or_default() += d;
+    for s in &samples {
+        *in_backend.entry(s.timestamp).or_default() += s.took;
     }
-    let mut over: Vec<u128> = round_trips
+    let over: Vec<Duration> = round_trips
         .iter()
-        .filter_map(|(ts, rt)| {
-            in_backend
-                .get(ts)
-                .map(|b| rt.saturating_sub(*b).as_micros())
-        })
+        .filter_map(|(ts, rt)| in_backend.get(ts).map(|b| rt.saturating_sub(*b)))
         .collect();
-    if over.is_empty() {
-        eprintln!("per-job overhead: no samples");
+    print_quantiles("per-job overhead outside the backend", over);
+    print_quantiles(
+        "path cost between consecutive backend calls",
+        daedalus_daemon::stats::gaps(&samples),
+    );
+}
+
+/// Prints median and p99 of `v` in microseconds.
+fn print_quantiles(what: &str, mut v: Vec<Duration>) {
+    if v.is_empty() {
+        eprintln!("{what}: no samples");
         return;
     }
-    over.sort_unstable();
-    let q = |p: f64| over[((over.len() - 1) as f64 * p).round() as usize];
+    v.sort_unstable();
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize].as_micros();
     eprintln!(
-        "per-job overhead outside the backend: median {} us, p99 {} us ({} jobs)",
+        "{what}: median {} us, p99 {} us ({} jobs)",
         q(0.5),
         q(0.99),
-        over.len()
+        v.len()
     );
 }
 

@@ -6,8 +6,9 @@
 //! ```
 //!
 //! `--job-stats PATH` writes, on exit, one line per decoded job: its
-//! timestamp (ns) and the microseconds spent in the backend's decode call
-//! (for the benchmarks' per-job overhead of the device paths).
+//! timestamp (ns), when its backend decode call started (µs after the first
+//! one's) and how long it took (µs), for the benchmarks' per-job overhead of
+//! the device paths.
 //!
 //! Reconnects with a growing delay whenever the frontend goes away or cannot
 //! be reached, unless `--once` is given. SIGTERM and SIGINT end it cleanly.
@@ -33,7 +34,8 @@ const USAGE: &str =
   --plugin LIB    decode the codecs LIB supports with this backend plugin
                   (include/daedalus_backend.h); others use the built-in backends
   --job-stats PATH
-                  on exit, write 'TIMESTAMP_NS BACKEND_US' per decoded job
+                  on exit, write 'TIMESTAMP_NS START_US BACKEND_US' per decoded
+                  job (start relative to the first job's)
 
 Logging: RUST_LOG (default info).";
 
@@ -183,9 +185,14 @@ fn main() -> ExitCode {
     }
     let code = serve_loop(&args, &server, &shutdown);
     if let Some(path) = &args.job_stats {
-        let lines: String = daedalus_daemon::stats::take()
+        let samples = daedalus_daemon::stats::take_samples();
+        let t0 = samples.iter().map(|s| s.start()).min();
+        let lines: String = samples
             .iter()
-            .map(|(ts, d)| format!("{ts} {}\n", d.as_micros()))
+            .map(|s| {
+                let start = t0.map_or(0, |t0| s.start().duration_since(t0).as_micros());
+                format!("{} {} {}\n", s.timestamp, start, s.took.as_micros())
+            })
             .collect();
         if let Err(e) = std::fs::write(path, lines) {
             eprintln!("daedalus-daemon: writing {}: {e}", path.display());
