@@ -211,7 +211,181 @@ fn simple<F: FnOnce(&mut [u8]) -> Result<(), i32>>(
     }
 }
 
+/// `MEDIA_ENT_ID_FLAG_NEXT`
+const MEDIA_ENT_ID_FLAG_NEXT: u32 = 1 << 31;
+/// `MEDIA_ENT_F_IO_V4L`
+const ENT_F_IO_V4L: u32 = 0x0001_0001;
+/// `MEDIA_PAD_FL_SINK`
+const PAD_FL_SINK: u32 = 1;
+/// `MEDIA_PAD_FL_SOURCE`
+const PAD_FL_SOURCE: u32 = 2;
+/// `MEDIA_LNK_FL_ENABLED | MEDIA_LNK_FL_IMMUTABLE` (a data link)
+const LNK_DATA_FIXED: u32 = 1 | 2;
+
+/// The graph of a memory-to-memory decoder, as v4l2-mem2mem registers it:
+/// source (IO) → proc (decoder) → sink (IO), the video interface linked to
+/// both IO entities. Ids: entities 1–3, interface 4, pads 5–8, links 9–12.
+#[derive(Debug)]
+struct Graph {
+    entities: Vec<MediaEntity>,
+    interfaces: Vec<MediaInterface>,
+    pads: Vec<MediaPad>,
+    links: Vec<MediaLink>,
+}
+
+/// `struct media_pad_desc` as raw words: entity, index, flags.
+fn pad_desc(entity: u32, index: u16, flags: u32) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[..4].copy_from_slice(&entity.to_ne_bytes());
+    b[4..6].copy_from_slice(&index.to_ne_bytes());
+    b[8..12].copy_from_slice(&flags.to_ne_bytes());
+    b
+}
+
+/// The forward data links of `entity`: (source entity, pad index, sink
+/// entity, pad index).
+fn data_links(entity: u32) -> &'static [(u32, u16, u32, u16)] {
+    match entity {
+        1 => &[(1, 0, 2, 0)],
+        2 => &[(2, 1, 3, 0)],
+        _ => &[],
+    }
+}
+
+/// Pads of an entity: (index, flags).
+fn entity_pads(entity: u32) -> &'static [(u16, u32)] {
+    match entity {
+        1 => &[(0, PAD_FL_SOURCE)],
+        2 => &[(0, PAD_FL_SINK), (1, PAD_FL_SOURCE)],
+        3 => &[(0, PAD_FL_SINK)],
+        _ => &[],
+    }
+}
+
 impl MediaNode {
+    fn entity_name(&self, id: u32) -> String {
+        let n = &self.shared.name;
+        match id {
+            1 => format!("{n}-source"),
+            2 => format!("{n}-proc"),
+            _ => format!("{n}-sink"),
+        }
+    }
+
+    fn entity_function(id: u32) -> u32 {
+        if id == 2 {
+            ENT_F_PROC_VIDEO_DECODER
+        } else {
+            ENT_F_IO_V4L
+        }
+    }
+
+    fn graph(&self) -> Graph {
+        let (maj, min) = self.video_rdev.get().copied().unwrap_or((0, 0));
+        let entities = (1..=3)
+            .map(|id| {
+                let mut e = MediaEntity::new_zeroed();
+                e.id = id;
+                e.name = cstr(&self.entity_name(id));
+                e.function = Self::entity_function(id);
+                e
+            })
+            .collect();
+        let mut intf = MediaInterface::new_zeroed();
+        intf.id = 4;
+        intf.intf_type = INTF_T_V4L_VIDEO;
+        intf.major = maj;
+        intf.minor = min;
+        let mut pads = Vec::new();
+        let pad_id = |ent: u32, index: u16| 5 + pads_before(ent) + u32::from(index);
+        fn pads_before(ent: u32) -> u32 {
+            (1..ent).map(|e| entity_pads(e).len() as u32).sum()
+        }
+        for ent in 1..=3 {
+            for &(index, flags) in entity_pads(ent) {
+                let mut p = MediaPad::new_zeroed();
+                p.id = pad_id(ent, index);
+                p.entity_id = ent;
+                p.flags = flags;
+                p.index = u32::from(index);
+                pads.push(p);
+            }
+        }
+        let mut links = Vec::new();
+        let mut next = 9;
+        for ent in 1..=3 {
+            for &(se, si, de, di) in data_links(ent) {
+                let mut l = MediaLink::new_zeroed();
+                l.id = next;
+                next += 1;
+                l.source_id = pad_id(se, si);
+                l.sink_id = pad_id(de, di);
+                l.flags = LNK_DATA_FIXED;
+                links.push(l);
+            }
+        }
+        for ent in [1, 3] {
+            let mut l = MediaLink::new_zeroed();
+            l.id = next;
+            next += 1;
+            l.source_id = 4;
+            l.sink_id = ent;
+            l.flags = LNK_INTERFACE;
+            links.push(l);
+        }
+        Graph {
+            entities,
+            interfaces: vec![intf],
+            pads,
+            links,
+        }
+    }
+
+    fn enum_links(&self, io: IoctlIn, data: &[u8], reply: ReplyIoctl) {
+        let hs = std::mem::size_of::<MediaLinksEnum>();
+        let mut need = Need::default();
+        need.add(io.arg, hs, true, true);
+        if data.len() < hs {
+            return reply.retry(&need.input, &need.output);
+        }
+        let mut l = MediaLinksEnum::read_from_prefix(data).expect("sized").0;
+        if !(1..=3).contains(&l.entity) {
+            return reply.error(libc::EINVAL);
+        }
+        let ent = l.entity;
+        let pads: Vec<u8> = entity_pads(ent)
+            .iter()
+            .flat_map(|&(i, f)| pad_desc(ent, i, f))
+            .collect();
+        let links: Vec<u8> = data_links(ent)
+            .iter()
+            .flat_map(|&(se, si, de, di)| {
+                let mut b = Vec::with_capacity(52);
+                b.extend_from_slice(&pad_desc(se, si, PAD_FL_SOURCE));
+                b.extend_from_slice(&pad_desc(de, di, PAD_FL_SINK));
+                b.extend_from_slice(&LNK_DATA_FIXED.to_ne_bytes());
+                b.extend_from_slice(&[0u8; 8]);
+                b
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::new();
+        if l.pads != 0 && !pads.is_empty() {
+            need.add(l.pads, pads.len(), false, true);
+            parts.push(&pads);
+        }
+        if l.links != 0 && !links.is_empty() {
+            need.add(l.links, links.len(), false, true);
+            parts.push(&links);
+        }
+        if !need.satisfied(io.in_size, io.out_size) {
+            return reply.retry(&need.input, &need.output);
+        }
+        l.reserved = [0; 4];
+        let head = l.as_bytes().to_vec();
+        parts.insert(0, &head);
+        reply.ok(0, &parts);
+    }
+
     fn topology(&self, io: IoctlIn, data: &[u8], reply: ReplyIoctl) {
         let hs = std::mem::size_of::<MediaTopology>();
         let mut need = Need::default();
@@ -220,21 +394,7 @@ impl MediaNode {
             return reply.retry(&need.input, &need.output);
         }
         let mut t = MediaTopology::read_from_prefix(data).expect("sized").0;
-        let (maj, min) = self.video_rdev.get().copied().unwrap_or((0, 0));
-        let mut ent = MediaEntity::new_zeroed();
-        ent.id = 1;
-        ent.name = cstr(&format!("{}-decoder", self.shared.name));
-        ent.function = ENT_F_PROC_VIDEO_DECODER;
-        let mut intf = MediaInterface::new_zeroed();
-        intf.id = 2;
-        intf.intf_type = INTF_T_V4L_VIDEO;
-        intf.major = maj;
-        intf.minor = min;
-        let mut link = MediaLink::new_zeroed();
-        link.id = 3;
-        link.source_id = 2;
-        link.sink_id = 1;
-        link.flags = LNK_INTERFACE;
+        let topo = self.graph();
         let mut outs: Vec<Vec<u8>> = Vec::new();
         let mut err = 0;
         let mut want = |ptr: u64, num: &mut u32, bytes: Vec<u8>, n: u32| {
@@ -251,18 +411,32 @@ impl MediaNode {
         want(
             t.ptr_entities,
             &mut t.num_entities,
-            ent.as_bytes().to_vec(),
-            1,
+            topo.entities.as_bytes().to_vec(),
+            topo.entities.len() as u32,
         );
         want(
             t.ptr_interfaces,
             &mut t.num_interfaces,
-            intf.as_bytes().to_vec(),
-            1,
+            topo.interfaces.as_bytes().to_vec(),
+            topo.interfaces.len() as u32,
         );
-        want(t.ptr_pads, &mut t.num_pads, Vec::new(), 0);
-        want(t.ptr_links, &mut t.num_links, link.as_bytes().to_vec(), 1);
+        want(
+            t.ptr_pads,
+            &mut t.num_pads,
+            topo.pads.as_bytes().to_vec(),
+            topo.pads.len() as u32,
+        );
+        want(
+            t.ptr_links,
+            &mut t.num_links,
+            topo.links.as_bytes().to_vec(),
+            topo.links.len() as u32,
+        );
         t.topology_version = 1;
+        t.reserved1 = 0;
+        t.reserved2 = 0;
+        t.reserved3 = 0;
+        t.reserved4 = 0;
         if err != 0 {
             return reply.error(err);
         }
@@ -293,6 +467,39 @@ impl CuseDevice for MediaNode {
                 Ok(())
             }),
             MEDIA_IOC_G_TOPOLOGY => self.topology(io, data, reply),
+            // The one entity (id 1): the decoder, no pads, no data links.
+            MEDIA_IOC_ENUM_ENTITIES => simple(io, data, reply, |b| {
+                let want = u32::from_ne_bytes(b[..4].try_into().expect("4"));
+                let id = if want & MEDIA_ENT_ID_FLAG_NEXT != 0 {
+                    (want & !MEDIA_ENT_ID_FLAG_NEXT) + 1
+                } else {
+                    want
+                };
+                if !(1..=3).contains(&id) {
+                    return Err(libc::EINVAL);
+                }
+                let mut e = MediaEntityDesc::new_zeroed();
+                e.id = id;
+                e.name = cstr(&self.entity_name(id));
+                e.type_ = Self::entity_function(id);
+                e.pads = entity_pads(id).len() as u16;
+                e.links = data_links(id).len() as u16;
+                b.copy_from_slice(e.as_bytes());
+                Ok(())
+            }),
+            MEDIA_IOC_ENUM_LINKS => self.enum_links(io, data, reply),
+            // Every data link is immutable: only its own flags are accepted.
+            MEDIA_IOC_SETUP_LINK => simple(io, data, reply, |b| {
+                let word = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4"));
+                let half = |o: usize| u16::from_ne_bytes(b[o..o + 2].try_into().expect("2"));
+                let (se, si, de, di, flags) = (word(0), half(4), word(20), half(24), word(40));
+                let known = (1..=3).flat_map(data_links).any(|l| *l == (se, si, de, di));
+                if !known || flags != LNK_DATA_FIXED {
+                    return Err(libc::EINVAL);
+                }
+                b[44..52].fill(0);
+                Ok(())
+            }),
             // Only the launcher can give the caller a request fd.
             _ => reply.error(libc::ENOTTY),
         }

@@ -73,6 +73,9 @@ pub const VIDIOC_TRY_DECODER_CMD: u32 = iowr(b'V', 97, sz!(DecoderCmd));
 pub const VIDIOC_QUERY_EXT_CTRL: u32 = iowr(b'V', 103, sz!(QueryExtCtrl));
 
 pub const MEDIA_IOC_DEVICE_INFO: u32 = iowr(b'|', 0x00, sz!(MediaDeviceInfo));
+pub const MEDIA_IOC_ENUM_ENTITIES: u32 = iowr(b'|', 0x01, sz!(MediaEntityDesc));
+pub const MEDIA_IOC_ENUM_LINKS: u32 = iowr(b'|', 0x02, sz!(MediaLinksEnum));
+pub const MEDIA_IOC_SETUP_LINK: u32 = iowr(b'|', 0x03, 52);
 pub const MEDIA_IOC_G_TOPOLOGY: u32 = iowr(b'|', 0x04, sz!(MediaTopology));
 pub const MEDIA_IOC_REQUEST_ALLOC: u32 = ior(b'|', 0x05, 4);
 pub const MEDIA_REQUEST_IOC_QUEUE: u32 = ioc(0, b'|', 0x80, 0);
@@ -458,6 +461,34 @@ pub struct MediaLink {
     pub reserved: [u32; 6],
 }
 
+/// `struct media_entity_desc` (the old enumeration API).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct MediaEntityDesc {
+    pub id: u32,
+    pub name: [u8; 32],
+    pub type_: u32,
+    pub revision: u32,
+    pub flags: u32,
+    pub group_id: u32,
+    pub pads: u16,
+    pub links: u16,
+    pub reserved: [u32; 4],
+    /// `dev.major`, `dev.minor`, then the rest of the union.
+    pub raw: [u32; 46],
+}
+
+/// `struct media_links_enum`
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct MediaLinksEnum {
+    pub entity: u32,
+    pub pad: u32,
+    pub pads: u64,
+    pub links: u64,
+    pub reserved: [u32; 4],
+}
+
 /// Copies `s` into a fixed C string field (NUL-terminated, truncated).
 pub fn cstr<const N: usize>(s: &str) -> [u8; N] {
     let mut out = [0u8; N];
@@ -499,6 +530,11 @@ mod tests {
         assert_eq!(sz!(MediaInterface), 112);
         assert_eq!(sz!(MediaPad), 32);
         assert_eq!(sz!(MediaLink), 40);
+        assert_eq!(sz!(MediaEntityDesc), 256);
+        assert_eq!(sz!(MediaLinksEnum), 40);
+        assert_eq!(MEDIA_IOC_ENUM_ENTITIES, 0xc100_7c01);
+        assert_eq!(MEDIA_IOC_ENUM_LINKS, 0xc028_7c02);
+        assert_eq!(MEDIA_IOC_SETUP_LINK, 0xc034_7c03);
         assert_eq!(VIDIOC_QUERYCAP, 0x8068_5600);
         assert_eq!(VIDIOC_G_FMT, 0xc0d0_5604);
         assert_eq!(VIDIOC_TRY_FMT, 0xc0d0_5640);

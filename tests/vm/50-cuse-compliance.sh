@@ -15,7 +15,7 @@ for _ in $(seq 100); do [ -e /dev/media9-request ] && break; sleep 0.1; done
 [ -e /dev/video9 ] || { echo "no /dev/video9"; exit 1; }
 ls -l /dev/video9 /dev/media9 /dev/media9-request
 v4l2-ctl -d /dev/video9 --info
-out=$(timeout 400 "$B" run -- v4l2-compliance -d /dev/video9 ${COMPLIANCE_ARGS:-} 2>&1)
+out=$(timeout 400 "$B" run -- v4l2-compliance ${COMPLIANCE_ARGS:--m /dev/media9} 2>&1)
 status=$?
 printf '%s\n' "$out" | grep -E "fail|FAIL|warn|Total for" | head -60
 printf '%s\n' "$out" | grep "Total for" || { printf '%s\n' "$out" | tail -40; exit 1; }
