@@ -6,7 +6,7 @@
 //! (the plane array of an mplane buffer, the control array of
 //! `S_EXT_CTRLS` and its payloads) takes one more round per level. Each
 //! round is planned from the data that arrived, so a retry carries no
-//! server-side state: [`Plan`] decides from `(data, in_size, out_size)`
+//! server-side state: [`Need::satisfied`] decides from `(in_size, out_size)`
 //! alone whether everything is here. A client that changes its memory
 //! between rounds is asked again (its own thread loops, nobody else).
 

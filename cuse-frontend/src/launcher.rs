@@ -111,9 +111,26 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// What the supervisor did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Request fds installed in the client.
+    pub installed: u64,
+    /// Trapped calls on other files, continued to the kernel.
+    pub continued: u64,
+    /// Trapped calls answered with an error.
+    pub failed: u64,
+}
+
 /// Runs `argv` under the filter and serves its notifications until it
 /// exits; returns its exit status (128 + signal when killed).
 pub fn run(argv: &[String]) -> Result<i32> {
+    run_with_stats(argv).map(|(code, _)| code)
+}
+
+/// [`run`], also returning what the supervisor did.
+pub fn run_with_stats(argv: &[String]) -> Result<(i32, Stats)> {
+    let mut stats = Stats::default();
     let prog = filter();
     let (mut parent_sock, child_sock) =
         std::os::unix::net::UnixStream::pair().context("socketpair")?;
@@ -164,19 +181,24 @@ pub fn run(argv: &[String]) -> Result<i32> {
             bail!("poll: {}", std::io::Error::last_os_error());
         }
         if fds[0].revents & libc::POLLIN != 0 {
-            if let Err(e) = serve_one(&listener) {
-                tracing::warn!("seccomp notification: {e:#}");
+            match serve_one(&listener) {
+                Ok(Some(Outcome::Installed)) => stats.installed += 1,
+                Ok(Some(Outcome::Continued)) => stats.continued += 1,
+                Ok(Some(Outcome::Failed)) => stats.failed += 1,
+                Ok(None) => {}
+                Err(e) => tracing::warn!("seccomp notification: {e:#}"),
             }
         }
         if fds[1].revents & libc::POLLIN != 0 {
             let mut status = 0;
             // SAFETY: waits for our own child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
-            return Ok(if libc::WIFEXITED(status) {
+            let code = if libc::WIFEXITED(status) {
                 libc::WEXITSTATUS(status)
             } else {
                 128 + libc::WTERMSIG(status)
-            });
+            };
+            return Ok((code, stats));
         }
     }
 }
@@ -316,13 +338,20 @@ fn request_node_of(fd: &OwnedFd) -> Option<String> {
     std::path::Path::new(&path).exists().then_some(path)
 }
 
-fn serve_one(listener: &OwnedFd) -> Result<()> {
+/// How one notification was answered.
+enum Outcome {
+    Installed,
+    Continued,
+    Failed,
+}
+
+fn serve_one(listener: &OwnedFd) -> Result<Option<Outcome>> {
     let mut n = Notif::default();
     // SAFETY: RECV fills one zeroed seccomp_notif.
     if unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_RECV, &mut n) } < 0 {
         let e = errno();
         if e == libc::ENOENT || e == libc::EINTR {
-            return Ok(()); // the caller went away
+            return Ok(None); // the caller went away
         }
         bail!("NOTIF_RECV: errno {e}");
     }
@@ -332,13 +361,13 @@ fn serve_one(listener: &OwnedFd) -> Result<()> {
         Ok(f) => f,
         Err(e) => {
             respond(listener, n.id, -1, -e, 0);
-            return Ok(());
+            return Ok(Some(Outcome::Failed));
         }
     };
     let Some(path) = request_node_of(&stolen) else {
         // Not ours: the kernel runs the ioctl as if nothing happened.
         respond(listener, n.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
-        return Ok(());
+        return Ok(Some(Outcome::Continued));
     };
     drop(stolen);
     let req = match std::fs::OpenOptions::new()
@@ -355,11 +384,11 @@ fn serve_one(listener: &OwnedFd) -> Result<()> {
                 -e.raw_os_error().unwrap_or(libc::ENOMEM),
                 0,
             );
-            return Ok(());
+            return Ok(Some(Outcome::Failed));
         }
     };
     if !id_valid(listener, n.id) {
-        return Ok(()); // the caller died; `req` closes, the request is freed
+        return Ok(None); // the caller died; `req` closes, the request is freed
     }
     let mut add = NotifAddfd {
         id: n.id,
@@ -375,16 +404,16 @@ fn serve_one(listener: &OwnedFd) -> Result<()> {
         if e != libc::ENOENT {
             respond(listener, n.id, -1, -e, 0);
         }
-        return Ok(());
+        return Ok(Some(Outcome::Failed));
     }
     if let Err(e) = write_remote(n.pid, out, &newfd.to_ne_bytes()) {
         // The fd stays installed in the caller (it cannot be removed from
         // here); the caller sees EFAULT as with a bad pointer.
         respond(listener, n.id, -1, -e, 0);
-        return Ok(());
+        return Ok(Some(Outcome::Failed));
     }
     respond(listener, n.id, 0, 0, 0);
-    Ok(())
+    Ok(Some(Outcome::Installed))
 }
 
 #[cfg(test)]
@@ -401,6 +430,42 @@ mod tests {
         }
         if let Ok(code) = run(&["sh".into(), "-c".into(), "exit 3".into()]) {
             assert_eq!(code, 3);
+        }
+    }
+
+    /// The trap and the pass-through: MEDIA_IOC_REQUEST_ALLOC on a file
+    /// that is not a daedalus media node reaches the kernel unchanged
+    /// (`/dev/null` answers ENOTTY), other ioctls are not trapped at all.
+    #[test]
+    fn foreign_request_alloc_continues_to_the_kernel() {
+        if std::process::Command::new("python3")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("no python3: skipped");
+            return;
+        }
+        let script = format!(
+            "import fcntl, errno, sys\n\
+             f = open('/dev/null', 'rb')\n\
+             try:\n    fcntl.ioctl(f, {MEDIA_IOC_REQUEST_ALLOC:#x}, b'0000')\n\
+             except OSError as e:\n    sys.exit(0 if e.errno == errno.ENOTTY else 1)\n\
+             sys.exit(2)\n"
+        );
+        match run_with_stats(&["python3".into(), "-c".into(), script]) {
+            Ok((code, st)) => {
+                assert_eq!(code, 0, "ENOTTY expected from /dev/null");
+                assert_eq!(
+                    st,
+                    Stats {
+                        continued: 1,
+                        ..Stats::default()
+                    },
+                    "exactly the one REQUEST_ALLOC was trapped"
+                );
+            }
+            Err(e) => eprintln!("seccomp user notification unavailable here: {e:#}"),
         }
     }
 

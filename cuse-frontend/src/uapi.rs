@@ -352,7 +352,7 @@ pub struct V4l2Event {
     pub pad2: u32,
 }
 
-/// `struct v4l2_event_ctrl` (the first 40 bytes of [`Event::u`]).
+/// `struct v4l2_event_ctrl` (the first 40 bytes of [`V4l2Event::u`]).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Default)]
 #[repr(C)]
 pub struct EventCtrl {
