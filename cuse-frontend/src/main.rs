@@ -148,6 +148,74 @@ fn listen(path: &std::path::Path) -> Result<std::os::fd::OwnedFd> {
     Ok(fd)
 }
 
+extern "C" fn on_sigusr1(_: libc::c_int) {}
+
+/// Test helper (`daedalus-cuse probe-eintr /dev/videoN`): a blocking DQBUF
+/// on a streaming CAPTURE queue with nothing to decode must sleep, and a
+/// signal must end it with `EINTR` (FUSE_INTERRUPT → the parked reply is
+/// answered). Prints the time the DQBUF took.
+fn probe_eintr(dev: &str) -> Result<()> {
+    use daedalus_cuse::uapi::*;
+    use std::os::fd::AsRawFd;
+    use zerocopy::FromZeros;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)?;
+    let fd = f.as_raw_fd();
+    let ioctl = |cmd: u32, arg: *mut libc::c_void| -> std::io::Result<()> {
+        // SAFETY: each call passes a pointer to a struct of the size the
+        // ioctl number encodes, alive across the call.
+        if unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg) } < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    for ty in [BUF_TYPE_VIDEO_OUTPUT_MPLANE, BUF_TYPE_VIDEO_CAPTURE_MPLANE] {
+        let mut r = RequestBuffers::new_zeroed();
+        r.type_ = ty;
+        r.memory = MEMORY_USERPTR;
+        r.count = 1;
+        ioctl(VIDIOC_REQBUFS, (&mut r as *mut RequestBuffers).cast())?;
+        let mut t = ty;
+        ioctl(VIDIOC_STREAMON, (&mut t as *mut u32).cast())?;
+    }
+    // SAFETY: installs a no-op handler without SA_RESTART for SIGUSR1.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // SAFETY: `me` is the main thread, alive (it is in the DQBUF).
+        unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+    });
+    let mut planes = [Plane::default(); 1];
+    let mut b = Buffer::new_zeroed();
+    b.type_ = BUF_TYPE_VIDEO_CAPTURE_MPLANE;
+    b.memory = MEMORY_USERPTR;
+    b.length = 1;
+    b.m = planes.as_mut_ptr() as u64;
+    let t0 = std::time::Instant::now();
+    let r = ioctl(VIDIOC_DQBUF, (&mut b as *mut Buffer).cast());
+    let took = t0.elapsed();
+    let _ = t.join();
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+            println!("blocking DQBUF: EINTR after {} ms", took.as_millis());
+            if took < std::time::Duration::from_millis(400) {
+                bail!("DQBUF returned before the signal: it did not block");
+            }
+            Ok(())
+        }
+        other => bail!("blocking DQBUF: expected EINTR, got {other:?} after {took:?}"),
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -170,6 +238,10 @@ fn main() {
                 launcher::run(rest).map(|code| std::process::exit(code))
             }
         }
+        Some("probe-eintr") => match args.get(1) {
+            Some(dev) => probe_eintr(dev),
+            None => Err(anyhow::anyhow!("probe-eintr DEVICE")),
+        },
         _ => Err(anyhow::anyhow!("{USAGE}")),
     };
     if let Err(e) = r {
