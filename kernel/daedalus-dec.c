@@ -22,8 +22,16 @@
 /* Most buffers one job may need registered: OUTPUT, CAPTURE, references. */
 #define DV_MAX_JOB_BUFS	(2 + DV_MAX_REFS)
 
-/* The context's control @id of its current codec (NULL if none). */
-static struct v4l2_ctrl *dv_ctrl(struct dv_ctx *ctx, u32 id)
+/**
+ * dv_ctrl() - a control of the context's current codec
+ * @ctx: the context
+ * @id: control id
+ *
+ * Safe under the control handler lock (no lookup in the handler).
+ *
+ * Return: the control, or NULL if the codec has no control @id.
+ */
+struct v4l2_ctrl *dv_ctrl(struct dv_ctx *ctx, u32 id)
 {
 	const struct dv_coded_format *cf = ctx->codec;
 	unsigned int i, idx = cf - dv_coded_formats;

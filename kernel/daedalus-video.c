@@ -32,14 +32,85 @@ static const struct dv_coded_format *dv_find_coded(u32 fourcc)
 	return NULL;
 }
 
-static bool dv_is_decoded(u32 fourcc)
+/*
+ * Bit depth of the stream as the current controls describe it (the SPS,
+ * the VP9 frame, the AV1 sequence): CAPTURE offers NV12/NV12M for 8 bits,
+ * P010 for more, like hantro and rkvdec, so that a client picking the first
+ * format it likes gets one the daemon can write.
+ */
+static unsigned int dv_bit_depth(struct dv_ctx *ctx)
+{
+	unsigned int depth = 8;
+	struct v4l2_ctrl *c;
+	u32 id;
+
+	switch (ctx->codec->codec) {
+	case DV_CODEC_H264:
+		id = V4L2_CID_STATELESS_H264_SPS;
+		break;
+	case DV_CODEC_HEVC:
+		id = V4L2_CID_STATELESS_HEVC_SPS;
+		break;
+	case DV_CODEC_VP9:
+		id = V4L2_CID_STATELESS_VP9_FRAME;
+		break;
+	case DV_CODEC_AV1:
+		id = V4L2_CID_STATELESS_AV1_SEQUENCE;
+		break;
+	default:
+		return 8;
+	}
+	c = dv_ctrl(ctx, id);
+	if (!c)
+		return 8;
+	mutex_lock(ctx->hdl.lock);
+	switch (ctx->codec->codec) {
+	case DV_CODEC_H264: {
+		const struct v4l2_ctrl_h264_sps *sps = c->p_cur.p;
+
+		depth = sps->bit_depth_luma_minus8 + 8;
+		break;
+	}
+	case DV_CODEC_HEVC: {
+		const struct v4l2_ctrl_hevc_sps *sps = c->p_cur.p;
+
+		depth = sps->bit_depth_luma_minus8 + 8;
+		break;
+	}
+	case DV_CODEC_VP9:
+		depth = ((const struct v4l2_ctrl_vp9_frame *)c->p_cur.p)->bit_depth;
+		break;
+	case DV_CODEC_AV1:
+		depth = ((const struct v4l2_ctrl_av1_sequence *)c->p_cur.p)->bit_depth;
+		break;
+	}
+	mutex_unlock(ctx->hdl.lock);
+	return depth > 8 ? 10 : 8;
+}
+
+static bool dv_fits_depth(u32 fourcc, unsigned int depth)
+{
+	return (fourcc == V4L2_PIX_FMT_P010) == (depth > 8);
+}
+
+static bool dv_is_decoded(u32 fourcc, unsigned int depth)
 {
 	unsigned int i;
 
 	for (i = 0; i < ARRAY_SIZE(dv_decoded_formats); i++)
 		if (dv_decoded_formats[i] == fourcc)
-			return true;
+			return dv_fits_depth(fourcc, depth);
 	return false;
+}
+
+static u32 dv_first_decoded(unsigned int depth)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(dv_decoded_formats); i++)
+		if (dv_fits_depth(dv_decoded_formats[i], depth))
+			return dv_decoded_formats[i];
+	return dv_decoded_formats[0];
 }
 
 static void dv_init_fmt(struct v4l2_format *f, u32 type)
@@ -78,15 +149,19 @@ static void dv_try_coded(struct v4l2_pix_format_mplane *pix)
 	       sizeof(pix->plane_fmt[0].reserved));
 }
 
-/* fmt::try_decoded: the size is the coded size, aligned to 16. */
+/*
+ * fmt::try_decoded: the size is the coded size, aligned to 16; the format
+ * one of those of the stream's bit depth.
+ */
 static void dv_try_decoded(struct v4l2_pix_format_mplane *pix,
-			   const struct v4l2_pix_format_mplane *coded)
+			   const struct v4l2_pix_format_mplane *coded,
+			   unsigned int depth)
 {
 	u32 w, h, bps, luma, chroma;
 	unsigned int i;
 
-	if (!dv_is_decoded(pix->pixelformat))
-		pix->pixelformat = dv_decoded_formats[0];
+	if (!dv_is_decoded(pix->pixelformat, depth))
+		pix->pixelformat = dv_first_decoded(depth);
 	w = ALIGN(clamp_t(u32, coded->width, DV_MIN_SIZE, DV_MAX_WIDTH), 16);
 	h = ALIGN(clamp_t(u32, coded->height, DV_MIN_SIZE, DV_MAX_HEIGHT), 16);
 	bps = pix->pixelformat == V4L2_PIX_FMT_P010 ? 2 : 1;
@@ -122,7 +197,7 @@ static void dv_reset_decoded(struct dv_ctx *ctx)
 
 	dv_init_fmt(&ctx->decoded_fmt, V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE);
 	pix->pixelformat = fourcc;
-	dv_try_decoded(pix, coded);
+	dv_try_decoded(pix, coded, dv_bit_depth(ctx));
 	pix->colorspace = coded->colorspace;
 	pix->xfer_func = coded->xfer_func;
 	pix->ycbcr_enc = coded->ycbcr_enc;
@@ -169,10 +244,18 @@ static int dv_enum_fmt_vid_out(struct file *file, void *priv,
 static int dv_enum_fmt_vid_cap(struct file *file, void *priv,
 			       struct v4l2_fmtdesc *f)
 {
-	if (f->index >= ARRAY_SIZE(dv_decoded_formats))
-		return -EINVAL;
-	f->pixelformat = dv_decoded_formats[f->index];
-	return 0;
+	unsigned int depth = dv_bit_depth(dv_file_to_ctx(file));
+	unsigned int i, n = 0;
+
+	for (i = 0; i < ARRAY_SIZE(dv_decoded_formats); i++) {
+		if (!dv_fits_depth(dv_decoded_formats[i], depth))
+			continue;
+		if (n++ == f->index) {
+			f->pixelformat = dv_decoded_formats[i];
+			return 0;
+		}
+	}
+	return -EINVAL;
 }
 
 static int dv_g_fmt_vid_out(struct file *file, void *priv,
@@ -203,7 +286,7 @@ static int dv_try_fmt_vid_cap(struct file *file, void *priv,
 	struct v4l2_pix_format_mplane *pix = &f->fmt.pix_mp;
 	const struct v4l2_pix_format_mplane *cur = &ctx->decoded_fmt.fmt.pix_mp;
 
-	dv_try_decoded(pix, &ctx->coded_fmt.fmt.pix_mp);
+	dv_try_decoded(pix, &ctx->coded_fmt.fmt.pix_mp, dv_bit_depth(ctx));
 	pix->colorspace = cur->colorspace;
 	pix->xfer_func = cur->xfer_func;
 	pix->ycbcr_enc = cur->ycbcr_enc;

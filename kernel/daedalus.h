@@ -161,6 +161,8 @@ struct dv_dev {
  * @fh:		V4L2 file handle (holds the m2m context)
  * @dev:	the device
  * @hdl:	controls of every codec
+ * @ctrls:	the controls of each codec, in dv_coded_formats order (looked up
+ *		once: v4l2_ctrl_find() cannot be called under the handler lock)
  * @vb_mutex:	mutex serialising the vb2 queue operations of both queues
  *		(vb2_queue.lock)
  * @coded_fmt:	OUTPUT format
@@ -258,6 +260,7 @@ int dv_request_validate(struct media_request *req);
 void dv_set_default_format(struct dv_ctx *ctx);
 
 /* daedalus-dec.c */
+struct v4l2_ctrl *dv_ctrl(struct dv_ctx *ctx, u32 id);
 void dv_device_run(void *priv);
 void dv_job_abort(void *priv);
 void dv_job_complete(struct dv_ctx *ctx, enum vb2_buffer_state state,

@@ -70,3 +70,15 @@ make_streams() {
     ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libvpx-vp9 -auto-alt-ref 1 -lag-in-frames 8 -f ivf "$work/vp9.ivf"
     ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -c:v libaom-av1 -cpu-used 8 -f ivf "$work/av1.ivf"
 }
+
+# ref_md5 IN OUT: FFmpeg's NV12 framemd5 of IN. Returns 2 when FFmpeg itself crashes (SIGSEGV):
+# trixie's libdav1d segfaults on some AV1 streams under qemu TCG, in some boots, with or without
+# any module loaded; such a codec is reported as SKIP rather than compared.
+ref_md5() {
+    local st=0
+    ffmpeg -v error -i "$1" -pix_fmt nv12 -f framemd5 "$2" 2>"$2.err" || st=$?
+    [ "$st" -eq 0 ] && return 0
+    [ "$st" -eq 139 ] && return 2
+    cat "$2.err"
+    return 1
+}
