@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use decoder_core::ctrl::{Codec, ControlValues};
+use decoder_core::proto::DV_MEM_MEMFD;
 use parking_lot::{Condvar, Mutex};
 use rustix::io::Errno;
 
-use crate::backend::{Backend, DecodeError, DecodeOutcome, JobFlags, JobInput};
+use crate::backend::{Backend, CaptureRetain, DecodeError, DecodeOutcome, JobFlags, JobInput};
 use crate::buffers::{CaptureLayout, RegisteredBuffer};
 use crate::reply::{Outbox, Reply};
 
@@ -297,8 +298,20 @@ fn decode_one(
         flags: job.flags,
         references: &job.references,
     };
+    // A memfd CAPTURE buffer stays mapped as long as its `RegisteredBuffer`
+    // lives: the backend may decode into it and keep it as a reference
+    // picture. (A dmabuf is not offered: its CPU access must be bracketed
+    // by syncs, which a later job's reference reads would not be.)
+    let retain = (job.capture.memory() == DV_MEM_MEMFD).then(|| {
+        let keep: Arc<dyn Send + Sync> = job.capture.clone();
+        // SAFETY: `target`'s planes are slices of the mappings
+        // `job.capture` owns, which are unmapped only when the buffer is
+        // dropped, i.e. after the last clone of `keep`; memfd memory needs
+        // no access bracketing.
+        unsafe { CaptureRetain::new(keep, &target) }
+    });
     let started = crate::stats::enabled().then(std::time::Instant::now);
-    let result = backend.decode(&input, &mut target);
+    let result = backend.decode_retained(&input, &mut target, retain.as_ref());
     if let Some(t) = started {
         crate::stats::record_backend(job.timestamp, t.elapsed());
     }

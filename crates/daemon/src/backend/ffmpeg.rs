@@ -58,6 +58,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
 use std::ptr;
+use std::sync::Arc;
 
 use decoder_core::ctrl::h264::{
     V4l2CtrlH264DecodeParams, V4l2CtrlH264Pps, V4l2CtrlH264ScalingMatrix, V4l2CtrlH264Sps,
@@ -80,7 +81,10 @@ use decoder_core::ctrl::vp9::{
 use decoder_core::ctrl::Codec;
 use ffmpeg_sys_next as ff;
 
-use super::{pixcopy, Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobInput};
+use super::{
+    pixcopy, Backend, CaptureFormat, CaptureRetain, CaptureTarget, DecodeError, DecodeOutcome,
+    JobInput,
+};
 
 /// Limits libavcodec's own logging (process-wide) to fatal errors; decode
 /// errors still reach the caller as [`DecodeError`]s.
@@ -91,6 +95,156 @@ pub fn quiet_library_logs() {
 
 /// Annex B start code put in front of each NAL unit the session writes.
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
+
+/// The current job's CAPTURE luma plane, while a job that may decode into
+/// it runs.
+struct InPlaceTarget {
+    /// First byte of the luma plane.
+    ptr: *mut u8,
+    /// Bytes valid from `ptr` ([`CaptureRetain::luma_extent`]).
+    extent: usize,
+    /// Bytes per row.
+    stride: usize,
+    /// Keeps the memory mapped; each picture allocated in it holds a clone.
+    keep: Arc<dyn Send + Sync>,
+}
+
+/// Buffer pools for the 8-bit 4:2:0 (or 4:0:0) pictures of one format and
+/// size, with one luma and one chroma layout for all of them: libavcodec's
+/// H.264 and VP8 decoders read reference pictures with the current
+/// picture's line sizes, so every picture of a size must share them.
+struct FramePools {
+    /// `AVPixelFormat`, width and height the pools are for.
+    key: (c_int, c_int, c_int),
+    luma_linesize: usize,
+    /// 0 for 4:0:0.
+    chroma_linesize: usize,
+    /// Bytes libavcodec may touch from a luma plane's first byte
+    /// (`luma_linesize` times the padded height).
+    luma_size: usize,
+    /// Alignment of plane starts and line sizes libavcodec asks for.
+    align: usize,
+    luma: *mut ff::AVBufferPool,
+    /// Null for 4:0:0.
+    chroma: *mut ff::AVBufferPool,
+}
+
+/// Bytes a pool buffer holds beyond its plane: the 16 bytes of over-read
+/// libavcodec's own pools allow, plus room to align the plane start.
+const PLANE_SLACK: usize = 16;
+
+impl FramePools {
+    /// Pools for `frame`'s format and size. The luma line size is
+    /// `stride` (the CAPTURE buffers' bytes per line) when libavcodec can
+    /// work with it, so that pictures can be decoded in place; otherwise
+    /// the line size libavcodec's default allocator would choose.
+    ///
+    /// # Safety
+    ///
+    /// `avctx` is the live context calling `get_buffer2` for `frame`.
+    unsafe fn new(
+        avctx: *mut ff::AVCodecContext,
+        frame: &ff::AVFrame,
+        gray: bool,
+        stride: Option<usize>,
+    ) -> Option<Self> {
+        let (mut w, mut h) = (frame.width, frame.height);
+        let mut la = [0 as c_int; 8];
+        // SAFETY: a live context and pointers to locals of the types the
+        // function writes (two ints, an array of AV_NUM_DATA_POINTERS ints).
+        unsafe { ff::avcodec_align_dimensions2(avctx, &mut w, &mut h, la.as_mut_ptr()) };
+        if w <= 0 || h <= 0 {
+            return None;
+        }
+        let (w, h) = (w as usize, h as usize);
+        let (la0, la1) = (la[0].max(1) as usize, la[1].max(1) as usize);
+        let chroma_ok = |c: usize, w: usize| gray || (c >= w.div_ceil(2) && c.is_multiple_of(la1));
+        // The default allocator's choice: the padded width, grown by its
+        // lowest set bit until every line size is aligned.
+        let mut dw = w;
+        while !(dw.is_multiple_of(la0) && chroma_ok(dw.div_ceil(2), dw)) {
+            dw += dw & dw.wrapping_neg();
+        }
+        let (luma_linesize, chroma_linesize) = match stride {
+            Some(s) if s >= w && s.is_multiple_of(la0) => {
+                let c = if s.is_multiple_of(2) && chroma_ok(s / 2, w) {
+                    s / 2
+                } else {
+                    dw.div_ceil(2)
+                };
+                (s, c)
+            }
+            _ => (dw, dw.div_ceil(2)),
+        };
+        let chroma_linesize = if gray { 0 } else { chroma_linesize };
+        let align = la0.max(la1).max(16);
+        let luma_size = luma_linesize.checked_mul(h)?;
+        let chroma_size = chroma_linesize.checked_mul(h.div_ceil(2))?;
+        if luma_size.checked_add(PLANE_SLACK + align)? > i32::MAX as usize {
+            return None;
+        }
+        // SAFETY: plain allocation of a pool of zeroed buffers (as
+        // libavcodec's own pools are); null checked below.
+        let luma = unsafe {
+            ff::av_buffer_pool_init(luma_size + PLANE_SLACK + align, Some(ff::av_buffer_allocz))
+        };
+        let chroma = if gray {
+            ptr::null_mut()
+        } else {
+            // SAFETY: as above.
+            unsafe {
+                ff::av_buffer_pool_init(
+                    chroma_size + PLANE_SLACK + align,
+                    Some(ff::av_buffer_allocz),
+                )
+            }
+        };
+        let pools = Self {
+            key: (frame.format, frame.width, frame.height),
+            luma_linesize,
+            chroma_linesize,
+            luma_size,
+            align,
+            luma,
+            chroma,
+        };
+        (!luma.is_null() && (gray || !chroma.is_null())).then_some(pools)
+    }
+}
+
+impl Drop for FramePools {
+    fn drop(&mut self) {
+        // SAFETY: the pools are owned by this value (or null, which uninit
+        // accepts); buffers still in use keep their pool alive until they
+        // are returned, as libavcodec's own frame pools do.
+        unsafe {
+            ff::av_buffer_pool_uninit(&mut self.luma);
+            ff::av_buffer_pool_uninit(&mut self.chroma);
+        }
+    }
+}
+
+/// Free callback of an in-place luma plane: drops the reference on the
+/// CAPTURE buffer's memory the picture held.
+unsafe extern "C" fn release_capture(opaque: *mut std::ffi::c_void, _data: *mut u8) {
+    // SAFETY: `opaque` is the `Box<Arc<..>>` leaked by `alloc_picture` for
+    // this buffer; libavutil calls the free callback exactly once.
+    drop(unsafe { Box::from_raw(opaque.cast::<Arc<dyn Send + Sync>>()) });
+}
+
+/// A pool buffer's data rounded up to `align`.
+///
+/// # Safety
+///
+/// `buf` is a valid buffer of a [`FramePools`] pool (size plus slack).
+unsafe fn aligned_data(buf: *mut ff::AVBufferRef, align: usize) -> *mut u8 {
+    // SAFETY: per the contract; the pool buffers hold `align` bytes beyond
+    // the plane, so the rounded pointer stays inside.
+    unsafe {
+        let d = (*buf).data;
+        d.add((align - d as usize % align) % align)
+    }
+}
 
 /// State the `get_buffer2` callback reaches through `AVCodecContext.opaque`.
 struct CaptureSlot {
@@ -105,26 +259,143 @@ struct CaptureSlot {
     first_only: bool,
     /// `allocations` when the current send started.
     send_start: u64,
+    /// The job's CAPTURE luma plane, when the first picture allocated
+    /// during the send may be decoded into it.
+    target: Option<InPlaceTarget>,
+    /// Pools of the 8-bit pictures.
+    pools: Option<FramePools>,
 }
 
-/// `get_buffer2` of the session: libavcodec's default allocator, plus a
-/// reference to the new picture kept in the session's [`CaptureSlot`].
+impl CaptureSlot {
+    /// Allocates an 8-bit 4:2:0 or 4:0:0 picture: its luma plane in the
+    /// job's CAPTURE buffer when that is the first picture of the send and
+    /// the buffer meets libavcodec's requirements (line size alignment and
+    /// padded size), else from the pool with the same line size; chroma
+    /// always from the pool. `None` for other formats (the caller uses
+    /// libavcodec's default allocator).
+    ///
+    /// # Safety
+    ///
+    /// Called from `get_buffer2` with its arguments.
+    unsafe fn alloc_picture(
+        &mut self,
+        avctx: *mut ff::AVCodecContext,
+        frame: *mut ff::AVFrame,
+    ) -> Option<c_int> {
+        use ff::AVPixelFormat as P;
+        // SAFETY: libavcodec passes a valid frame with format and size set
+        // and no buffers, and its live context.
+        let (f, ctx) = unsafe { (&mut *frame, &*avctx) };
+        let gray = if f.format == P::AV_PIX_FMT_YUV420P as c_int
+            || f.format == P::AV_PIX_FMT_YUVJ420P as c_int
+        {
+            false
+        } else if f.format == P::AV_PIX_FMT_GRAY8 as c_int {
+            true
+        } else {
+            return None;
+        };
+        if ctx.pix_fmt as c_int != f.format
+            || !ctx.hw_frames_ctx.is_null()
+            || f.width <= 0
+            || f.height <= 0
+            || !f.data[0].is_null()
+        {
+            return None;
+        }
+        let key = (f.format, f.width, f.height);
+        if self.pools.as_ref().is_none_or(|p| p.key != key) {
+            let stride = self.target.as_ref().map(|t| t.stride);
+            // SAFETY: forwarded contract.
+            match unsafe { FramePools::new(avctx, f, gray, stride) } {
+                Some(p) => self.pools = Some(p),
+                None => return None,
+            }
+        }
+        let p = self.pools.as_ref()?;
+        let mut luma: *mut ff::AVBufferRef = ptr::null_mut();
+        let mut luma_data: *mut u8 = ptr::null_mut();
+        let first = self.allocations == self.send_start;
+        if let Some(t) = self.target.as_ref().filter(|t| {
+            first
+                && t.stride == p.luma_linesize
+                && (t.ptr as usize).is_multiple_of(p.align)
+                && t.extent >= p.luma_size + PLANE_SLACK
+        }) {
+            let keep = Box::into_raw(Box::new(t.keep.clone()));
+            // SAFETY: `t.ptr` points at `t.extent` >= `luma_size` bytes that
+            // stay mapped while `keep` lives (`CaptureRetain::new`'s
+            // contract); the buffer owns `keep` and drops it in its free
+            // callback, once, when libavcodec's last reference goes.
+            let b = unsafe {
+                ff::av_buffer_create(t.ptr, p.luma_size, Some(release_capture), keep.cast(), 0)
+            };
+            if b.is_null() {
+                // SAFETY: not handed to libavutil; reclaimed once.
+                drop(unsafe { Box::from_raw(keep) });
+            } else {
+                luma = b;
+                luma_data = t.ptr;
+            }
+        }
+        if luma.is_null() {
+            // SAFETY: a valid pool; null checked.
+            luma = unsafe { ff::av_buffer_pool_get(p.luma) };
+            if luma.is_null() {
+                return Some(-(ff::ENOMEM));
+            }
+            // SAFETY: a buffer of this pool.
+            luma_data = unsafe { aligned_data(luma, p.align) };
+        }
+        f.buf[0] = luma;
+        f.data[0] = luma_data;
+        f.linesize[0] = p.luma_linesize as c_int;
+        if !gray {
+            for i in 1..3 {
+                // SAFETY: a valid pool; null checked (the frame's buffers
+                // are released by av_frame_unref on failure).
+                let b = unsafe { ff::av_buffer_pool_get(p.chroma) };
+                if b.is_null() {
+                    // SAFETY: the frame owns the buffers set so far.
+                    unsafe { ff::av_frame_unref(frame) };
+                    return Some(-(ff::ENOMEM));
+                }
+                f.buf[i] = b;
+                // SAFETY: a buffer of this pool.
+                f.data[i] = unsafe { aligned_data(b, p.align) };
+                f.linesize[i] = p.chroma_linesize as c_int;
+            }
+        }
+        f.extended_data = f.data.as_mut_ptr();
+        Some(0)
+    }
+}
+
+/// `get_buffer2` of the session: 8-bit pictures from [`CaptureSlot::alloc_picture`]
+/// (in place when possible), others from libavcodec's default allocator,
+/// plus a reference to the new picture kept in the session's
+/// [`CaptureSlot`].
 unsafe extern "C" fn capture_get_buffer2(
     avctx: *mut ff::AVCodecContext,
     frame: *mut ff::AVFrame,
     flags: c_int,
 ) -> c_int {
-    // SAFETY: libavcodec calls get_buffer2 with its live context and a frame
-    // whose format and size it has set; the default allocator accepts both.
-    let ret = unsafe { ff::avcodec_default_get_buffer2(avctx, frame, flags) };
-    if ret < 0 {
-        return ret;
-    }
     // SAFETY: `opaque` is set by `Session::new` to a `CaptureSlot` boxed
     // in the session, which outlives the codec context (it is freed after
     // `avcodec_free_context` in `Drop`), and no other reference to it is live
     // while libavcodec runs inside send_packet.
     let slot = unsafe { &mut *((*avctx).opaque as *mut CaptureSlot) };
+    // SAFETY: get_buffer2's own arguments.
+    let ret = match unsafe { slot.alloc_picture(avctx, frame) } {
+        Some(r) => r,
+        // SAFETY: libavcodec calls get_buffer2 with its live context and a
+        // frame whose format and size it has set; the default allocator
+        // accepts both.
+        None => unsafe { ff::avcodec_default_get_buffer2(avctx, frame, flags) },
+    };
+    if ret < 0 {
+        return ret;
+    }
     if slot.first_only && slot.allocations > slot.send_start {
         slot.allocations += 1;
         return 0;
@@ -158,6 +429,9 @@ struct Session {
     last_alloc_seen: u64,
     /// Pictures libavcodec output (and `send` dropped).
     drained: u64,
+    /// Pictures whose luma plane was decoded straight into the CAPTURE
+    /// buffer (only the chroma copied).
+    in_place: u64,
 }
 
 // SAFETY: the session owns its libavcodec context, packet, frames and slot
@@ -228,6 +502,8 @@ impl Session {
             allocations: 0,
             first_only: false,
             send_start: 0,
+            target: None,
+            pools: None,
         }));
         let s = Self {
             // SAFETY: `codec` is a valid decoder; null checked below.
@@ -240,6 +516,7 @@ impl Session {
             packet: Vec::new(),
             last_alloc_seen: 0,
             drained: 0,
+            in_place: 0,
         };
         // SAFETY: `slot` was just created from a Box and is owned by `s`.
         let slot_frame_null = unsafe { (*s.slot).last.is_null() };
@@ -381,10 +658,47 @@ impl Session {
         })
     }
 
-    /// Copies the captured picture into the CAPTURE target (NV12 or P010),
-    /// see [`pixcopy::write_capture`].
-    fn copy_out(&self, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
-        pixcopy::write_capture(&self.picture()?, out)
+    /// Puts the captured picture into the CAPTURE target (NV12 or P010):
+    /// when libavcodec decoded its luma plane straight into the target's,
+    /// only the chroma planes are interleaved into it
+    /// ([`pixcopy::write_chroma`]); otherwise the whole picture is copied
+    /// ([`pixcopy::write_capture`]).
+    fn copy_out(&mut self, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
+        let pic = self.picture()?;
+        let in_place = out.format == CaptureFormat::Nv12
+            && !pic.bits10
+            && pic.frame.data[0].cast_const() == out.luma.data.as_ptr()
+            && pic.frame.linesize[0] as usize == out.luma.stride;
+        if in_place {
+            pixcopy::write_chroma(&pic, out)?;
+            self.in_place += 1;
+            Ok(())
+        } else {
+            pixcopy::write_capture(&pic, out)
+        }
+    }
+
+    /// Offers the job's CAPTURE luma plane to the allocator for the next
+    /// send when `retain` keeps it mapped (NV12 targets only), or withdraws
+    /// the offer (`None`).
+    fn offer_target(&mut self, out: &mut CaptureTarget<'_>, retain: Option<&CaptureRetain>) {
+        let target = retain
+            .filter(|r| out.format == CaptureFormat::Nv12 && r.covers(out))
+            .map(|r| InPlaceTarget {
+                ptr: out.luma.data.as_mut_ptr(),
+                extent: r.luma_extent(),
+                stride: out.luma.stride,
+                keep: r.keep_alive(),
+            });
+        // SAFETY: the slot is only written by the callback, which runs only
+        // inside `send`, not now.
+        unsafe { (*self.slot).target = target };
+    }
+
+    /// Withdraws the offer of [`Session::offer_target`].
+    fn withdraw_target(&mut self) {
+        // SAFETY: as in `offer_target`.
+        unsafe { (*self.slot).target = None };
     }
 }
 
@@ -435,6 +749,12 @@ impl std::fmt::Debug for CaptureSlot {
 }
 
 impl FfmpegH264 {
+    /// Pictures of this session whose luma plane libavcodec decoded
+    /// straight into their CAPTURE buffer (only the chroma was copied).
+    pub fn in_place_pictures(&self) -> u64 {
+        self.s.in_place
+    }
+
     /// Opens libavcodec's H.264 decoder for one session.
     pub fn new() -> Result<Self, DecodeError> {
         Ok(Self {
@@ -642,6 +962,18 @@ impl Backend for FfmpegH264 {
         Ok(DecodeOutcome::Decoded)
     }
 
+    fn decode_retained(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+        retain: Option<&CaptureRetain>,
+    ) -> Result<DecodeOutcome, DecodeError> {
+        self.s.offer_target(out, retain);
+        let r = self.decode(job, out);
+        self.s.withdraw_target();
+        r
+    }
+
     fn reset(&mut self) {
         self.reset_state();
     }
@@ -841,6 +1173,12 @@ pub struct FfmpegVpx {
 }
 
 impl FfmpegVpx {
+    /// Pictures of this session whose luma plane libavcodec decoded
+    /// straight into their CAPTURE buffer (only the chroma was copied).
+    pub fn in_place_pictures(&self) -> u64 {
+        self.s.in_place
+    }
+
     /// Opens libavcodec's VP8 or VP9 decoder for one session.
     pub fn new(codec: Codec) -> Result<Self, DecodeError> {
         let id = match codec {
@@ -1098,6 +1436,18 @@ impl Backend for FfmpegVpx {
         Ok(DecodeOutcome::Decoded)
     }
 
+    fn decode_retained(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+        retain: Option<&CaptureRetain>,
+    ) -> Result<DecodeOutcome, DecodeError> {
+        self.s.offer_target(out, retain);
+        let r = self.decode(job, out);
+        self.s.withdraw_target();
+        r
+    }
+
     fn reset(&mut self) {
         self.s.flush();
         self.slots = [None; 8];
@@ -1133,6 +1483,12 @@ pub struct FfmpegHevc {
 }
 
 impl FfmpegHevc {
+    /// Pictures of this session whose luma plane libavcodec decoded
+    /// straight into their CAPTURE buffer (only the chroma was copied).
+    pub fn in_place_pictures(&self) -> u64 {
+        self.s.in_place
+    }
+
     /// Opens libavcodec's HEVC decoder for one session.
     pub fn new() -> Result<Self, DecodeError> {
         let s = Session::new(ff::AVCodecID::AV_CODEC_ID_HEVC)?;
@@ -1347,6 +1703,18 @@ impl Backend for FfmpegHevc {
         Ok(DecodeOutcome::Decoded)
     }
 
+    fn decode_retained(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+        retain: Option<&CaptureRetain>,
+    ) -> Result<DecodeOutcome, DecodeError> {
+        self.s.offer_target(out, retain);
+        let r = self.decode(job, out);
+        self.s.withdraw_target();
+        r
+    }
+
     fn reset(&mut self) {
         self.s.flush();
         self.sent.clear();
@@ -1487,6 +1855,184 @@ pub fn plain_decode_packets(codec: Codec, packets: &[&[u8]]) -> Result<usize, De
         }
     }
     Ok(s.drained as usize)
+}
+
+#[cfg(test)]
+mod in_place_tests {
+    use super::*;
+    use crate::backend::{CapturePlane, JobFlags};
+    use daedalus_client::h264::{H264Parser, Packing};
+    use daedalus_client::StreamParser;
+    use decoder_core::ctrl::{validate_write, ControlValues};
+
+    /// Heap memory with the alignment libavcodec wants, owned by an `Arc`
+    /// like a registered buffer's mapping.
+    struct Mem {
+        ptr: *mut u8,
+        layout: std::alloc::Layout,
+    }
+
+    // SAFETY: plain owned memory; the tests touch it from one thread.
+    unsafe impl Send for Mem {}
+    // SAFETY: as above.
+    unsafe impl Sync for Mem {}
+
+    impl Mem {
+        fn new(len: usize) -> Arc<Self> {
+            let layout = std::alloc::Layout::from_size_align(len, 64).unwrap();
+            // SAFETY: a non-zero size; null checked.
+            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+            assert!(!ptr.is_null());
+            Arc::new(Self { ptr, layout })
+        }
+
+        /// The bytes, like a CAPTURE mapping's: the tests hold one slice
+        /// at a time; libavcodec reaches them through its own pointers.
+        #[allow(clippy::mut_from_ref)]
+        fn bytes(&self) -> &mut [u8] {
+            // SAFETY: `ptr` is `layout.size()` bytes owned by self.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+        }
+    }
+
+    impl Drop for Mem {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+        }
+    }
+
+    fn encode() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("dv-inplace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("ibp.264");
+        let st = std::process::Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+            ])
+            .arg("testsrc2=size=160x96:rate=25")
+            .args(["-frames:v", "24", "-pix_fmt", "yuv420p", "-c:v", "libx264"])
+            .args(["-x264-params", "keyint=12:bframes=2:ref=3", "-f", "h264"])
+            .arg(&out)
+            .status()
+            .expect("the ffmpeg tool (with libx264) is needed: see .ci/install-deps");
+        assert!(st.success(), "ffmpeg failed to encode the test stream");
+        out
+    }
+
+    /// Decodes the stream's pictures into NV12 buffers of `stride` bytes
+    /// per line, each picture its own buffer (never reused, as a client
+    /// keeps reference pictures), with the memory retained (`in_place`) or
+    /// not. Returns the visible NV12 bytes of every picture and the number
+    /// of pictures decoded in place.
+    fn decode(jobs: &[daedalus_client::Job], stride: usize, in_place: bool) -> (Vec<Vec<u8>>, u64) {
+        let mut backend = FfmpegH264::new().unwrap();
+        let mut effective = ControlValues::defaults(Codec::H264);
+        let mut pictures = Vec::new();
+        let mut kept = Vec::new();
+        for job in jobs {
+            for (id, bytes) in job.controls.iter() {
+                effective.set_raw(id, validate_write(Codec::H264, id, bytes).unwrap());
+            }
+            let mut refs = Vec::new();
+            (Codec::H264.desc().reference_timestamps)(&effective, &mut refs);
+            let (w, h) = job.picture.coded;
+            let (wu, hu) = (w as usize, h as usize);
+            let mem = Mem::new(stride * (hu + hu / 2));
+            let buf = mem.bytes();
+            let mut t = CaptureTarget::contiguous(CaptureFormat::Nv12, w, h, stride, buf).unwrap();
+            let input = JobInput {
+                codec: Codec::H264,
+                controls: &effective,
+                bitstream: &job.bitstream,
+                timestamp: job.timestamp,
+                flags: JobFlags::default(),
+                references: &refs,
+            };
+            let keep: Arc<dyn Send + Sync> = mem.clone();
+            // SAFETY: `keep` owns the memory behind `t`, which stays at
+            // its address until the last clone of `keep` is gone.
+            let retain = in_place.then(|| unsafe { CaptureRetain::new(keep, &t) });
+            let r = backend.decode_retained(&input, &mut t, retain.as_ref());
+            assert_eq!(r, Ok(DecodeOutcome::Decoded));
+            let rows = (0..hu).chain(hu..hu + hu / 2);
+            let bytes = mem.bytes();
+            pictures.push(
+                rows.flat_map(|y| bytes[y * stride..y * stride + wu].to_vec())
+                    .collect(),
+            );
+            kept.push(mem);
+        }
+        let n = backend.in_place_pictures();
+        drop(backend);
+        // libavcodec's references are gone with the session: only the
+        // test's own references remain.
+        assert!(kept.iter().all(|m| Arc::strong_count(m) == 1));
+        (pictures, n)
+    }
+
+    #[test]
+    fn h264_luma_is_decoded_in_place_and_matches_the_copy() {
+        let file = encode();
+        let mut parser = H264Parser::from_file(&file, Packing::PicturePerJob).unwrap();
+        let mut jobs = Vec::new();
+        while let Some(j) = parser.next_job().unwrap() {
+            jobs.push(j);
+        }
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(jobs.len(), 24);
+        let (want, n) = decode(&jobs, 256, false);
+        assert_eq!(n, 0, "no retained memory: every picture copied");
+        // A 64-byte multiple stride: every picture decoded in place.
+        let (got, n) = decode(&jobs, 256, true);
+        assert_eq!(n, jobs.len() as u64, "pictures decoded in place");
+        assert!(got == want, "in-place pictures differ from copied ones");
+        assert_ne!(want[0], want[23]);
+        // A stride libavcodec cannot use (not a multiple of its line
+        // alignment): silently copied, same pictures.
+        let (got, n) = decode(&jobs, 168, true);
+        assert_eq!(n, 0);
+        assert!(got == want, "fallback pictures differ");
+    }
+
+    #[test]
+    fn retain_covers_only_its_target() {
+        let mem = Mem::new(64 * 24);
+        let other = Mem::new(64 * 24);
+        let t = CaptureTarget::contiguous(CaptureFormat::Nv12, 64, 16, 64, mem.bytes()).unwrap();
+        let keep: Arc<dyn Send + Sync> = mem.clone();
+        // SAFETY: `keep` owns the memory of `t`.
+        let r = unsafe { CaptureRetain::new(keep, &t) };
+        assert!(r.covers(&t));
+        // Contiguous: the chroma plane after the luma plane counts.
+        assert_eq!(r.luma_extent(), 64 * 24);
+        let u = CaptureTarget::contiguous(CaptureFormat::Nv12, 64, 16, 64, other.bytes()).unwrap();
+        assert!(!r.covers(&u));
+        // Separate planes: only the luma plane.
+        let (a, b) = (Mem::new(64 * 16), Mem::new(64 * 8));
+        let t = CaptureTarget {
+            format: CaptureFormat::Nv12,
+            width: 64,
+            height: 16,
+            luma: CapturePlane {
+                data: a.bytes(),
+                stride: 64,
+            },
+            chroma: CapturePlane {
+                data: b.bytes(),
+                stride: 64,
+            },
+        };
+        // SAFETY: `a` is retained; `b` outlives `r` (declared before it).
+        let r = unsafe { CaptureRetain::new(a.clone(), &t) };
+        assert_eq!(r.luma_extent(), 64 * 16);
+    }
 }
 
 /// H.264 NAL unit writing: SPS and PPS from the V4L2 controls.

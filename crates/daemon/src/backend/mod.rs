@@ -11,6 +11,8 @@
 //!
 //! Every backend (FFmpeg, dav1d, plugins) implements [`Backend`].
 
+use std::sync::Arc;
+
 use decoder_core::ctrl::{Codec, ControlValues};
 use decoder_core::fmt::{PIX_FMT_NV12, PIX_FMT_NV12M, PIX_FMT_P010};
 
@@ -160,6 +162,79 @@ impl<'a> CaptureTarget<'a> {
     }
 }
 
+/// Keeps a CAPTURE buffer's memory mapped beyond its job, so that a backend
+/// may decode a picture straight into the buffer and keep reading it later
+/// as a reference picture (what a hardware decoder does with its CAPTURE
+/// buffers).
+///
+/// It is tied to one [`CaptureTarget`] (its luma plane's address and
+/// stride) and holds a reference on whatever owns that memory (the
+/// registered buffer). A backend that keeps a pointer into the target after
+/// the job keeps a clone of [`CaptureRetain::keep_alive`] with it, so the
+/// memory can never be unmapped under it, whatever the client does with the
+/// buffer. Its *content* is the client's business: the stateless uAPI
+/// forbids requeueing a CAPTURE buffer that holds a picture still used as a
+/// reference, so a conforming client never overwrites one.
+#[derive(Clone)]
+pub struct CaptureRetain {
+    keep: Arc<dyn Send + Sync>,
+    luma_addr: usize,
+    luma_stride: usize,
+    luma_extent: usize,
+}
+
+impl std::fmt::Debug for CaptureRetain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureRetain")
+            .field("luma_addr", &self.luma_addr)
+            .field("luma_stride", &self.luma_stride)
+            .field("luma_extent", &self.luma_extent)
+            .finish()
+    }
+}
+
+impl CaptureRetain {
+    /// Ties `keep` to `target`'s memory.
+    ///
+    /// # Safety
+    ///
+    /// As long as `keep` (or any clone of it) lives, every byte of
+    /// `target`'s planes must stay mapped, readable and writable at the same
+    /// addresses, after `target`'s borrow has ended too; and the memory must
+    /// be ordinary memory that needs no access bracketing (a memfd or heap
+    /// memory, not a dmabuf whose CPU access must be synced).
+    pub unsafe fn new(keep: Arc<dyn Send + Sync>, target: &CaptureTarget<'_>) -> Self {
+        let luma = &target.luma.data;
+        let chroma = &target.chroma.data;
+        // A contiguous buffer (NV12): the chroma plane starts where the luma
+        // plane ends, so bytes past the luma plane are the target's too.
+        let adjacent = luma.as_ptr() as usize + luma.len() == chroma.as_ptr() as usize;
+        Self {
+            keep,
+            luma_addr: luma.as_ptr() as usize,
+            luma_stride: target.luma.stride,
+            luma_extent: luma.len() + if adjacent { chroma.len() } else { 0 },
+        }
+    }
+
+    /// True when this retains `target`'s memory (the same luma plane).
+    pub fn covers(&self, target: &CaptureTarget<'_>) -> bool {
+        target.luma.data.as_ptr() as usize == self.luma_addr
+            && target.luma.stride == self.luma_stride
+    }
+
+    /// Bytes from the luma plane's first byte that stay valid: the luma
+    /// plane, plus the chroma plane when it follows directly.
+    pub fn luma_extent(&self) -> usize {
+        self.luma_extent
+    }
+
+    /// A reference on the owner of the memory.
+    pub fn keep_alive(&self) -> Arc<dyn Send + Sync> {
+        self.keep.clone()
+    }
+}
+
 /// What a successful [`Backend::decode`] produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeOutcome {
@@ -234,6 +309,21 @@ pub trait Backend: Send {
         job: &JobInput<'_>,
         out: &mut CaptureTarget<'_>,
     ) -> Result<DecodeOutcome, DecodeError>;
+
+    /// [`Backend::decode`] with the target's memory retained beyond the job
+    /// (`retain`, when it [covers](CaptureRetain::covers) `out`): the backend
+    /// may then decode the picture straight into `out` and keep reading it
+    /// as a reference picture later. Same contract as `decode` otherwise.
+    /// The default ignores `retain`.
+    fn decode_retained(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+        retain: Option<&CaptureRetain>,
+    ) -> Result<DecodeOutcome, DecodeError> {
+        let _ = retain;
+        self.decode(job, out)
+    }
 
     /// Forgets every decoded picture and held slice (stream seek, STREAMOFF
     /// on OUTPUT). The next picture must be a key frame.

@@ -46,6 +46,18 @@ pub trait Planar {
 /// Copies `pic` into `out`. Fails without writing when the picture does not
 /// fit the target's size or format.
 pub fn write_capture(pic: &impl Planar, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
+    write(pic, out, true)
+}
+
+/// Like [`write_capture`], but only the chroma plane: for a picture whose
+/// luma plane the decoder wrote straight into the target's (same memory,
+/// same stride). The target's luma plane is not touched, not even its
+/// padding beyond the picture (the decoder may still read it).
+pub fn write_chroma(pic: &impl Planar, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
+    write(pic, out, false)
+}
+
+fn write(pic: &impl Planar, out: &mut CaptureTarget<'_>, luma: bool) -> Result<(), DecodeError> {
     let (w, h, depth) = (pic.width(), pic.height(), pic.depth());
     if w == 0 || h == 0 || w > out.width as usize || h > out.height as usize {
         return Err(DecodeError::FormatMismatch(format!(
@@ -65,7 +77,8 @@ pub fn write_capture(pic: &impl Planar, out: &mut CaptureTarget<'_>) -> Result<(
     let sb = depth.bytes();
     let osb = out.format.sample_bytes();
     let (ls, cs) = (out.luma.stride, out.chroma.stride);
-    for y in 0..oh {
+    let luma_rows = if luma { oh } else { 0 };
+    for y in 0..luma_rows {
         let src = pic.row(0, y.min(h - 1), w * sb);
         let dst = &mut out.luma.data[y * ls..y * ls + ow * osb];
         match (out.format, depth) {
@@ -328,6 +341,24 @@ mod tests {
                 check(w, h, ow, oh, Depth::Bits8, CaptureFormat::Nv12, mono);
                 check(w, h, ow, oh, Depth::Bits8, CaptureFormat::P010, mono);
                 check(w, h, ow, oh, Depth::Bits10, CaptureFormat::P010, mono);
+            }
+        }
+    }
+
+    #[test]
+    fn chroma_only_leaves_the_luma_plane_alone() {
+        let pic = Pic::new(15, 7, Depth::Bits8, false);
+        let stride = 20;
+        let mut buf = vec![0x55u8; stride * 12];
+        let mut out =
+            CaptureTarget::contiguous(CaptureFormat::Nv12, 16, 8, stride, &mut buf).unwrap();
+        write_chroma(&pic, &mut out).unwrap();
+        assert!(buf[..stride * 8].iter().all(|&b| b == 0x55));
+        for y in 0..4 {
+            for x in 0..8 {
+                let o = stride * 8 + y * stride + 2 * x;
+                let e = |p| expect(&pic, CaptureFormat::Nv12, p, x, y);
+                assert_eq!((u16::from(buf[o]), u16::from(buf[o + 1])), (e(1), e(2)));
             }
         }
     }
