@@ -75,7 +75,15 @@ test-corpus: corpus uapi
     cargo build --release -p daedalus
     bash scripts/corpus-check.sh
 
-# Frames/s of `daedalus decode` against direct libavcodec/dav1d decode of 1080p streams, as ratios.
+# Frames/s of `daedalus decode` against direct libavcodec/dav1d decode of 1080p streams, as ratios;
+# then the device paths (kernel module, CUSE) in the VM.
 bench: uapi
     cargo build --release -p daedalus
     bash scripts/bench.sh
+    just bench-vm
+
+# The kernel-module and CUSE paths against direct FFmpeg decode in the same VM guest, as ratios.
+bench-vm: uapi kmod
+    cargo build --release --workspace --bins
+    bash scripts/bench-vm-streams.sh
+    VM_TIMEOUT=900 vm/run.sh bash scripts/bench-vm.sh
