@@ -23,7 +23,7 @@ use daedalus_daemon::server::{EmbeddedDaemon, ServerConfig};
 use daedalus_daemon::transport::SeqPacket;
 
 const USAGE: &str = "usage:
-  daedalus-cuse serve [--name NAME] [--media-name NAME] (--socket PATH | --embedded-daemon) [--memory userptr|dmabuf] [--threads N] [--daemon-threads N]
+  daedalus-cuse serve [--name NAME] [--media-name NAME] (--socket PATH | --embedded-daemon) [--memory userptr|dmabuf] [--job-timeout-ms MS] [--threads N] [--daemon-threads N]
   daedalus-cuse run -- CMD [ARGS...]";
 
 #[derive(Debug)]
@@ -35,6 +35,7 @@ struct ServeArgs {
     threads: usize,
     daemon_threads: usize,
     memory: video::NodeMemory,
+    job_timeout_ms: Option<u64>,
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeArgs> {
@@ -46,6 +47,7 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs> {
         threads: 4,
         daemon_threads: 1,
         memory: video::NodeMemory::Userptr,
+        job_timeout_ms: None,
     };
     let mut it = args.iter();
     while let Some(k) = it.next() {
@@ -59,6 +61,9 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs> {
             "--media-name" => a.media_name = Some(val()?),
             "--socket" => a.socket = Some(PathBuf::from(val()?)),
             "--embedded-daemon" => a.embedded = true,
+            "--job-timeout-ms" => {
+                a.job_timeout_ms = Some(val()?.parse().context("--job-timeout-ms")?)
+            }
             "--memory" => {
                 a.memory = match val()?.as_str() {
                     "userptr" => video::NodeMemory::Userptr,
@@ -81,7 +86,11 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs> {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    let node = video::VideoNode::new(&a.name, video::device_config(a.memory));
+    let mut cfg = video::device_config(a.memory);
+    if let Some(ms) = a.job_timeout_ms {
+        cfg.job_timeout = ms.saturating_mul(1_000_000);
+    }
+    let node = video::VideoNode::new(&a.name, cfg);
     let chan = cuse::Channel::open("/dev/cuse".as_ref()).context("opening /dev/cuse")?;
     node.set_channel(chan.clone());
     let mut threads = cuse::serve(chan, &a.name, Arc::new(node.clone()), a.threads)

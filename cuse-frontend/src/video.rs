@@ -555,7 +555,15 @@ impl Core {
     /// Runs the timers, sends the device's datagrams, takes its events.
     pub fn service(&mut self) {
         let now = self.now();
+        let before = self.dev.stats();
         self.dev.tick(now);
+        let after = self.dev.stats();
+        if after.timeouts > before.timeouts {
+            tracing::warn!(
+                timeouts = after.timeouts,
+                "a job passed its deadline: completed with ERROR"
+            );
+        }
         loop {
             let mut any = false;
             while let Some(o) = self.dev.poll_transmit() {
@@ -1308,7 +1316,8 @@ impl VideoIoctls for VideoNode {
         // QBUF
         let request = if a.buf.flags & BUF_FLAG_REQUEST_FD != 0 {
             if q == Queue::Capture {
-                return Err(Errno(libc::EBADR));
+                // v4l2_m2m_qbuf: requests cannot be used with CAPTURE.
+                return Err(Errno(libc::EPERM));
             }
             let fd = a.buf.request_fd;
             drop(g);
@@ -1592,9 +1601,17 @@ impl VideoIoctls for VideoNode {
                     a.head.error_idx = i as u32;
                     return Err(Errno(libc::ENOSPC));
                 }
-                // Setting: a payload smaller than one element is EFAULT
-                // (the kernel's prepare_ext_ctrls); dynamic arrays give
-                // their element count by size.
+                // Setting a dynamic array: more than its maximum is ENOSPC
+                // (with the maximum size reported), as the kernel's
+                // prepare_ext_ctrls does.
+                let max = d.elem_size as usize * d.max_elems as usize;
+                if cmd != VIDIOC_G_EXT_CTRLS && d.is_dynamic_array() && size as usize > max {
+                    a.ctrls[i].size = max as u32;
+                    a.head.error_idx = if try_only { i as u32 } else { n as u32 };
+                    return Err(Errno(libc::ENOSPC));
+                }
+                // Setting: a payload smaller than one element is EFAULT;
+                // dynamic arrays give their element count by size.
                 if cmd != VIDIOC_G_EXT_CTRLS && (size as usize) < need {
                     a.head.error_idx = if try_only { i as u32 } else { n as u32 };
                     return Err(Errno(libc::EFAULT));
@@ -1639,7 +1656,15 @@ impl VideoIoctls for VideoNode {
             .enumerate()
             .map(|(i, x)| {
                 let bytes: &[u8] = match &a.payloads[i] {
-                    Some(p) => p,
+                    // A dynamic array holds whole elements: the kernel
+                    // rounds the size down.
+                    Some(p) => match codec.desc().find(x.id) {
+                        Some(d) if d.is_dynamic_array() => {
+                            let e = d.elem_size as usize;
+                            &p[..p.len() / e * e]
+                        }
+                        _ => p,
+                    },
                     None => &ints[i],
                 };
                 (x.id, bytes)

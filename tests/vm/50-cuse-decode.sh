@@ -4,7 +4,8 @@
 # /dev/video9 --memory userptr` (under `daedalus-cuse run`, which provides media request fds)
 # decodes H.264 (B-frames), HEVC, VP8, VP9 and AV1 to exactly FFmpeg's pictures (framemd5 hash
 # column); with USERPTR buffers (copied through memfds), then again with DMABUF buffers (the
-# client's dma-bufs go to the daemon, zero copy).
+# client's dma-bufs go to the daemon, zero copy). The per-job deadline is raised to 20 s: an
+# emulated guest on a loaded host can take longer than the default 2 s for one picture.
 # Needs: cargo build --release -p daedalus-cuse -p daedalus-daemon -p daedalus
 # vm-timeout: 900
 set -euo pipefail
@@ -21,7 +22,7 @@ for s in ${CUSE_STREAMS:-h264.h264 hevc.hevc vp8.ivf vp9.ivf av1.ivf}; do
     ffmpeg -v error -i "$work/$s" -pix_fmt nv12 -f framemd5 "$work/$s.ref"
 done
 for mem in ${CUSE_MEMORIES:-userptr dmabuf}; do
-    start_server
+    start_server --job-timeout-ms 20000
     start_daemon
     for s in ${CUSE_STREAMS:-h264.h264 hevc.hevc vp8.ivf vp9.ivf av1.ivf}; do
         in=$work/$s
@@ -40,6 +41,7 @@ for mem in ${CUSE_MEMORIES:-userptr dmabuf}; do
         else
             fail=$((fail + 1))
             tail -5 "$work/$s.err"
+            grep -E "WARN|ERROR" "$work/server.log" | tail -5
         fi
     done
     kill -0 "$server" || { tail "$work/server.log"; echo "server died"; exit 1; }
