@@ -6,7 +6,8 @@
 # types), `badinput` (every client-mistake check with the kernel's errno; visl's OUTPUT queue does
 # not require requests: --requests-optional), decoder-core's V4L2-free scenario steps through the
 # suite's runner (tests/v4l2-suite/scenarios-visl: visl decodes itself, no daemon), and device.rs's
-# real-device unit test over every codec with DAEDALUS_DEVICE_MEMORY=dmabuf. The daemon scenarios
+# real-device unit test over every codec with DAEDALUS_DEVICE_MEMORY=dmabuf; DMABUF decode from
+# udmabuf too (DAEDALUS_DMABUF_SOURCE=udmabuf), frame-identical to MMAP. The daemon scenarios
 # (tests/scenarios/*.scn) need the kernel module or the CUSE frontend: see tests/v4l2-suite/README.md.
 # Needs host builds: cargo build --release -p daedalus -p daedalus-test-daemon -p daedalus-v4l2-suite
 # and cargo test --release -p daedalus --bin daedalus --no-run
@@ -58,9 +59,13 @@ for mem in mmap dmabuf; do
     "$suite" --device "$dev" --media "$media" --memory $mem --requests-optional badinput || fails=$((fails + 1))
     "$suite" --device "$dev" --media "$media" --memory $mem scenario "$root"/tests/v4l2-suite/scenarios-visl/*.scn || fails=$((fails + 1))
 done
+# DMABUF from udmabuf (memfd) instead of the system dma-heap.
+DAEDALUS_DMABUF_SOURCE=udmabuf "$suite" --device "$dev" --media "$media" --memory dmabuf decode "$work/bframes.h264" --framemd5 "$work/bframes.h264.udmabuf" ||
+    fails=$((fails + 1))
 for s in bframes.h264 vp9.ivf; do
     cmp -s "$work/$s.mmap" "$work/$s.dmabuf" || { echo "$s: framemd5 differs between MMAP and DMABUF"; fails=$((fails + 1)); }
 done
+cmp -s "$work/bframes.h264.mmap" "$work/bframes.h264.udmabuf" || { echo "framemd5 differs between MMAP and udmabuf DMABUF"; fails=$((fails + 1)); }
 
 # Every codec through V4l2Device with DMABUF buffers (device.rs's ignored unit test).
 unit=

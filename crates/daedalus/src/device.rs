@@ -151,6 +151,11 @@ v4l2r::nix::ioctl_write_ptr!(dma_buf_ioctl_sync, b'b', 0, DmaBufSync);
 
 const PAGE: usize = 4096;
 
+/// Environment variable choosing where DMABUF memory comes from: `heap`
+/// (`/dev/dma_heap/system` only), `udmabuf` (memfd + `/dev/udmabuf` only),
+/// unset: the heap, else udmabuf.
+pub const DMABUF_SOURCE_ENV: &str = "DAEDALUS_DMABUF_SOURCE";
+
 fn page_round(n: usize) -> usize {
     n.div_ceil(PAGE).max(1) * PAGE
 }
@@ -188,6 +193,9 @@ struct DmaBuf {
     map: *mut u8,
     len: usize,
     fd: OwnedFd,
+    /// Between a SYNC_START and its SYNC_END (udmabuf refuses an END
+    /// without a START with EINVAL).
+    cpu_access: std::cell::Cell<bool>,
 }
 
 // SAFETY: DmaBuf exclusively owns its mapping and fd.
@@ -195,11 +203,19 @@ unsafe impl Send for DmaBuf {}
 
 impl DmaBuf {
     /// Allocates `len` bytes (rounded up to pages) from the system dma-heap,
-    /// or from udmabuf over a memfd when there is no heap.
+    /// or from udmabuf over a memfd when there is no heap
+    /// (`DAEDALUS_DMABUF_SOURCE=udmabuf` skips the heap, `heap` forbids the
+    /// fallback: for tests of either path).
     fn new(len: usize) -> Result<Self> {
         let len = page_round(len);
-        let fd = match Self::from_heap(len) {
+        let source = std::env::var(DMABUF_SOURCE_ENV).unwrap_or_default();
+        let heap = match source.as_str() {
+            "udmabuf" => Err(anyhow!("skipped ({DMABUF_SOURCE_ENV}=udmabuf)")),
+            _ => Self::from_heap(len),
+        };
+        let fd = match heap {
             Ok(fd) => fd,
+            Err(heap_err) if source == "heap" => return Err(heap_err),
             Err(heap_err) => Self::from_udmabuf(len).map_err(|e| {
                 anyhow!("no dma-buf: /dev/dma_heap/system: {heap_err:#}; /dev/udmabuf: {e:#}")
             })?,
@@ -221,6 +237,7 @@ impl DmaBuf {
             map: map.cast(),
             len,
             fd,
+            cpu_access: std::cell::Cell::new(false),
         })
     }
 
@@ -266,7 +283,13 @@ impl DmaBuf {
         Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
     }
 
+    /// `DMA_BUF_IOCTL_SYNC`; an END without a START is skipped.
     fn sync(&self, flags: u64) -> Result<()> {
+        let end = flags & DMA_BUF_SYNC_END != 0;
+        if end && !self.cpu_access.get() {
+            return Ok(());
+        }
+        self.cpu_access.set(!end);
         let s = DmaBufSync { flags };
         loop {
             // SAFETY: DMA_BUF_IOCTL_SYNC reads a struct dma_buf_sync,
