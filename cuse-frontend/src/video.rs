@@ -1300,18 +1300,16 @@ impl VideoIoctls for VideoNode {
             return Err(EINVAL);
         }
         if cmd == VIDIOC_PREPARE_BUF {
-            // Nothing to prepare beyond the checks QBUF repeats.
-            return Err(EINVAL).or_else(|_: Errno| {
-                if info.state == BufState::Dequeued {
-                    let f = g.files.get(&c.fh).expect("checked");
-                    let mem = f.mem[qi(q)].get(index as usize);
-                    fill_buffer(a, index, &info, mem, memory);
-                    a.buf.flags |= BUF_FLAG_PREPARED;
-                    Ok(())
-                } else {
-                    Err(EINVAL)
-                }
-            });
+            // Memory is checked and copied at QBUF; preparing only checks
+            // that the buffer is the client's.
+            if info.state != BufState::Dequeued {
+                return Err(EINVAL);
+            }
+            let f = g.files.get(&c.fh).expect("checked");
+            let mem = f.mem[qi(q)].get(index as usize);
+            fill_buffer(a, index, &info, mem, memory);
+            a.buf.flags |= BUF_FLAG_PREPARED;
+            return Ok(());
         }
         // QBUF
         let request = if a.buf.flags & BUF_FLAG_REQUEST_FD != 0 {
@@ -1434,6 +1432,10 @@ impl VideoIoctls for VideoNode {
             g.dev.streamon(ctx, q, now)?;
         } else {
             g.dev.streamoff(ctx, q, now)?;
+        }
+        // Readiness changed (POLLERR follows streaming): wake pollers.
+        if let Some(kh) = g.files.get(&c.fh).and_then(|f| f.kh) {
+            g.wake_kh.push(kh);
         }
         Ok(())
     }
