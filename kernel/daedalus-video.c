@@ -189,6 +189,17 @@ static void dv_try_decoded(struct v4l2_pix_format_mplane *pix,
 		       sizeof(pix->plane_fmt[i].reserved));
 }
 
+/* New formats: the daemon gets a new CTX_OPEN (and may accept them). */
+static void dv_forget_open(struct dv_ctx *ctx)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&ctx->dev->br.lock, flags);
+	ctx->opened_gen = 0;
+	ctx->refused_gen = 0;
+	spin_unlock_irqrestore(&ctx->dev->br.lock, flags);
+}
+
 static void dv_reset_decoded(struct dv_ctx *ctx)
 {
 	struct v4l2_pix_format_mplane *coded = &ctx->coded_fmt.fmt.pix_mp;
@@ -307,6 +318,7 @@ static int dv_s_fmt_vid_out(struct file *file, void *priv,
 	ctx->coded_fmt.fmt.pix_mp = f->fmt.pix_mp;
 	ctx->codec = dv_find_coded(f->fmt.pix_mp.pixelformat);
 	dv_reset_decoded(ctx);
+	dv_forget_open(ctx);
 	return 0;
 }
 
@@ -319,6 +331,7 @@ static int dv_s_fmt_vid_cap(struct file *file, void *priv,
 		return -EBUSY;
 	dv_try_fmt_vid_cap(file, priv, f);
 	ctx->decoded_fmt.fmt.pix_mp = f->fmt.pix_mp;
+	dv_forget_open(ctx);
 	return 0;
 }
 
@@ -393,15 +406,44 @@ static int dv_queue_setup(struct vb2_queue *vq, unsigned int *nbuffers,
 	return 0;
 }
 
+/* New memory: the daemon must be told about it again. */
 static int dv_buf_init(struct vb2_buffer *vb)
 {
 	struct dv_ctx *ctx = vb2_get_drv_priv(vb->vb2_queue);
+	unsigned long flags;
 
-	/* New memory: the daemon must be told about it again. */
-	spin_lock(&ctx->dev->br.lock);
+	spin_lock_irqsave(&ctx->dev->br.lock, flags);
 	dv_vb2_to_buf(vb)->registered_gen = 0;
-	spin_unlock(&ctx->dev->br.lock);
+	spin_unlock_irqrestore(&ctx->dev->br.lock, flags);
 	return 0;
+}
+
+/* The buffer's memory goes away: BUF_UNREGISTER if the daemon has it. */
+static void dv_buf_cleanup(struct vb2_buffer *vb)
+{
+	struct dv_ctx *ctx = vb2_get_drv_priv(vb->vb2_queue);
+	struct dv_buffer *buf = dv_vb2_to_buf(vb);
+	struct dv_bridge *br = &ctx->dev->br;
+	struct dv_buf_unregister u = {
+		.ctx_id = ctx->id,
+		.queue = V4L2_TYPE_IS_OUTPUT(vb->vb2_queue->type) ?
+			 DV_QUEUE_OUTPUT : DV_QUEUE_CAPTURE,
+		.index = vb->index,
+	};
+	struct dv_txmsg *msg;
+	unsigned long flags;
+
+	msg = dv_msg_alloc(DV_MSG_BUF_UNREGISTER, &u, sizeof(u), 0, GFP_KERNEL);
+	spin_lock_irqsave(&br->lock, flags);
+	if (msg && br->link != DV_LINK_DETACHED &&
+	    buf->registered_gen == br->gen) {
+		dv_bridge_queue_locked(br, msg);
+		msg = NULL;
+	}
+	buf->registered_gen = 0;
+	spin_unlock_irqrestore(&br->lock, flags);
+	dv_msg_free(msg);
+	wake_up_interruptible(&br->wq);
 }
 
 static int dv_buf_out_validate(struct vb2_buffer *vb)
@@ -478,6 +520,7 @@ static void dv_stop_streaming(struct vb2_queue *vq)
 static const struct vb2_ops dv_qops = {
 	.queue_setup		= dv_queue_setup,
 	.buf_init		= dv_buf_init,
+	.buf_cleanup		= dv_buf_cleanup,
 	.buf_out_validate	= dv_buf_out_validate,
 	.buf_prepare		= dv_buf_prepare,
 	.buf_queue		= dv_buf_queue,

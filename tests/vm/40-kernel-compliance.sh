@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Guest check (issue #6, c): v4l2-compliance -s on daedalus.ko's video node with
 # `daedalus-daemon --bridge` attached (streaming needs a daemon), and on the media node.
-# (DMABUF import: v4l2-compliance -e with this node or visl as exporter fails in its REQBUFS of
-# the exporter, not investigated; the decode tests cover MMAP only.)
+# (No -e: its DMABUF test needs a non-M2M capture node as exporter, e.g. vivid, which the guest
+# lacks; 40-kernel-decode.sh covers DMABUF import with --memory dmabuf.)
 # Prints the summary lines; fails on any failure (warnings are printed).
 # vm-timeout: 600
 set -euo pipefail
