@@ -96,6 +96,24 @@ fn e<T>(r: Result<T, Errno>) -> Result<String, Errno> {
     r.map(|_| String::new())
 }
 
+/// The size S_FMT chose, checked by `ok`: `Ok(note)` when it holds, an
+/// error when S_FMT failed; a size `ok` refuses is reported as ERANGE
+/// (never an errno S_FMT gives, so the check fails visibly).
+fn sized(
+    got: Result<v4l2r::bindings::v4l2_format, Errno>,
+    ok: impl Fn(u32, u32) -> bool,
+) -> Result<String, Errno> {
+    let f = got?;
+    // SAFETY: MPLANE formats use pix_mp.
+    let (w, h) = unsafe { (f.fmt.pix_mp.width, f.fmt.pix_mp.height) };
+    if ok(w, h) {
+        Ok(format!("driver chose {w}x{h}"))
+    } else {
+        eprintln!("S_FMT(OUTPUT) chose {w}x{h}");
+        Err(Errno::ERANGE)
+    }
+}
+
 /// Every check: a name and its body, which returns the expectation and
 /// what the device answered.
 const CHECKS: &[(&str, Check)] = &[
@@ -348,6 +366,45 @@ const CHECKS: &[(&str, Check)] = &[
                 "CREATE_BUFS gave index {index} count {count}, expected {} 1",
                 s.cap.len()
             )),
+            Err(err) => Ok((Want::Ok, Err(err))),
+        }
+    }),
+    ("qbuf-after-reqbufs-zero", |env| {
+        let s = env.setup()?;
+        v4l2::reqbufs(&s.video, CAP, env.mem.v4l2(), 0).map_err(|e| format!("REQBUFS(0): {e}"))?;
+        Ok((
+            Want::Errno(Errno::EINVAL),
+            e(env.qbuf_cap(&s, 0, QbufArgs::default())),
+        ))
+    }),
+    ("s-fmt-output-size-zero-adjusted", |env| {
+        let f = v4l2::open_video(env.video).map_err(|e| format!("open: {e}"))?;
+        let got = v4l2::s_fmt_output(&f, fmt::PIX_FMT_H264_SLICE, 0, 0);
+        Ok((Want::Ok, sized(got, |w, h| w > 0 && h > 0)))
+    }),
+    ("s-fmt-output-size-huge-clamped", |env| {
+        let f = v4l2::open_video(env.video).map_err(|e| format!("open: {e}"))?;
+        let got = v4l2::s_fmt_output(&f, fmt::PIX_FMT_H264_SLICE, 1 << 20, 1 << 20);
+        Ok((Want::Ok, sized(got, |w, h| w < 1 << 20 && h < 1 << 20)))
+    }),
+    ("s-fmt-capture-unknown-fourcc-substituted", |env| {
+        let f = env.open()?;
+        let bogus = u32::from_le_bytes(*b"XXXX");
+        let mut cf = v4l2::g_fmt(&f, CAP).map_err(|e| format!("G_FMT: {e}"))?;
+        // MPLANE formats use pix_mp (writing a union field is safe).
+        cf.fmt.pix_mp.pixelformat = bogus;
+        match v4l2::s_fmt(&f, cf) {
+            // SAFETY: as above.
+            Ok(got) => match unsafe { got.fmt.pix_mp.pixelformat } {
+                pf if pf == bogus => Err("S_FMT(CAPTURE) accepted the fourcc XXXX".into()),
+                pf => Ok((
+                    Want::Ok,
+                    Ok(format!(
+                        "driver chose {}",
+                        String::from_utf8_lossy(&pf.to_le_bytes())
+                    )),
+                )),
+            },
             Err(err) => Ok((Want::Ok, Err(err))),
         }
     }),

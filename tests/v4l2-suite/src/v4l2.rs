@@ -230,7 +230,16 @@ fn map(fd: &impl std::os::fd::AsFd, len: usize, offset: u64) -> Result<*mut u8, 
 }
 
 fn dmabuf(len: usize) -> Result<OwnedFd, String> {
-    let heap_err = match OpenOptions::new().read(true).open("/dev/dma_heap/system") {
+    // Same switch as the daedalus CLI: `udmabuf` skips the dma-heap.
+    let skip_heap = std::env::var("DAEDALUS_DMABUF_SOURCE").is_ok_and(|v| v == "udmabuf");
+    let heap = if skip_heap {
+        Err(std::io::Error::other(
+            "skipped (DAEDALUS_DMABUF_SOURCE=udmabuf)",
+        ))
+    } else {
+        OpenOptions::new().read(true).open("/dev/dma_heap/system")
+    };
+    let heap_err = match heap {
         Ok(heap) => {
             let mut d = DmaHeapAlloc {
                 len: len as u64,
@@ -319,6 +328,13 @@ pub fn s_fmt_output(f: &File, fourcc: u32, w: u32, h: u32) -> Result<v4l2_format
     mp.height = h;
     mp.num_planes = 1;
     mp.plane_fmt[0].sizeimage = (w * h * 3 / 2).max(64 * 1024);
+    // SAFETY: VIDIOC_S_FMT reads/writes a struct v4l2_format.
+    unsafe { vidioc_s_fmt(f.as_raw_fd(), &mut fmt) }?;
+    Ok(fmt)
+}
+
+/// S_FMT of a whole format; returns what the driver set.
+pub fn s_fmt(f: &File, mut fmt: v4l2_format) -> Result<v4l2_format, Errno> {
     // SAFETY: VIDIOC_S_FMT reads/writes a struct v4l2_format.
     unsafe { vidioc_s_fmt(f.as_raw_fd(), &mut fmt) }?;
     Ok(fmt)
