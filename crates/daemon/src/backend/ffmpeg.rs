@@ -432,6 +432,8 @@ struct Session {
     /// Pictures whose luma plane was decoded straight into the CAPTURE
     /// buffer (only the chroma copied).
     in_place: u64,
+    /// Pictures copied whole into their CAPTURE buffer.
+    copied: u64,
 }
 
 // SAFETY: the session owns its libavcodec context, packet, frames and slot
@@ -517,6 +519,7 @@ impl Session {
             last_alloc_seen: 0,
             drained: 0,
             in_place: 0,
+            copied: 0,
         };
         // SAFETY: `slot` was just created from a Box and is owned by `s`.
         let slot_frame_null = unsafe { (*s.slot).last.is_null() };
@@ -674,7 +677,9 @@ impl Session {
             self.in_place += 1;
             Ok(())
         } else {
-            pixcopy::write_capture(&pic, out)
+            pixcopy::write_capture(&pic, out)?;
+            self.copied += 1;
+            Ok(())
         }
     }
 
@@ -704,6 +709,11 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        tracing::debug!(
+            in_place = self.in_place,
+            copied = self.copied,
+            "libavcodec session closed"
+        );
         // SAFETY: each pointer is either null or owned by this session; the
         // free functions accept null and set the pointer to null. The context
         // is freed before the slot its callback uses.
