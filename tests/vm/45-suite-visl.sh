@@ -84,8 +84,10 @@ if [ -n "$unit" ]; then
 else
     echo "no unit test binary: cargo test --release -p daedalus --bin daedalus --no-run"; fails=$((fails + 1))
 fi
-# badinput's request-two-output-buffers makes visl log its refusal at err level.
-klog=$(dmesg --level=emerg,alert,crit,err,warn | grep -v 'More than one buffer was provided with the request' || true)
+# badinput's request-two-output-buffers makes visl log its refusal at err level; a loaded TCG
+# host makes the clocksource watchdog complain (not a driver problem).
+klog=$(dmesg --level=emerg,alert,crit,err,warn |
+    grep -v -e 'More than one buffer was provided with the request' -e 'clocksource: Long readout interval' || true)
 [ -z "$klog" ] || { echo "kernel log: $klog"; fails=$((fails + 1)); }
 [ "$fails" -eq 0 ] || { echo "45-suite-visl: $fails failures"; exit 1; }
 echo "45-suite-visl: OK"
