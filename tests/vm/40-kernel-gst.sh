@@ -12,9 +12,10 @@ bin=$target/release/daedalus
 [ -x "$bin" ] || { echo "missing $bin"; exit 1; }
 
 dmesg -c >/dev/null
+make_streams
+refs_all
 kload
 start_daemon
-make_streams
 hashes() { grep -v '^#' "$1" | awk -F, '{gsub(/ /, "", $6); print $6}'; }
 pass=0
 skipped=
@@ -22,10 +23,7 @@ for s in h264.h264:v4l2slh264dec:176x144 hevc.hevc:v4l2slh265dec:128x96 vp8.ivf:
     vp9.ivf:v4l2slvp9dec:128x96 av1.ivf:v4l2slav1dec:128x96; do
     IFS=: read -r f el size <<<"$s"
     in=$work/$f
-    st=0
-    ref_md5 "$in" "$work/$f.ref" || st=$?
-    if [ "$st" -eq 2 ]; then echo "$f: SKIP (FFmpeg's own decode crashes in this guest)"; skipped="$skipped $f"; continue; fi
-    [ "$st" -eq 0 ] || { echo "$f: FFmpeg reference failed"; exit 1; }
+    if [ -e "$work/$f.ref.crash" ]; then echo "$f: SKIP (FFmpeg's own decode crashes in this guest)"; skipped="$skipped $f"; continue; fi
     status=0
     timeout 120 gst-launch-1.0 -q filesrc location="$in" ! parsebin ! "$el" ! videoconvert ! \
         video/x-raw,format=I420 ! filesink location="$work/$f.yuv" >"$work/$f.gst" 2>&1 || status=$?

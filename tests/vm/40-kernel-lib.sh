@@ -84,3 +84,16 @@ ref_md5() {
     cat "$2.err"
     return 1
 }
+
+# refs_all: FFmpeg's references of make_streams' files, before the module is loaded
+# ($work/FILE.ref, or $work/FILE.ref.crash when FFmpeg crashed).
+refs_all() {
+    local f st
+    for f in h264.h264 hevc.hevc vp8.ivf vp9.ivf av1.ivf; do
+        st=0
+        ref_md5 "$work/$f" "$work/$f.ref" || st=$?
+        [ "$st" -eq 2 ] && touch "$work/$f.ref.crash"
+        [ "$st" -le 2 ] || { echo "$f: FFmpeg reference failed"; exit 1; }
+    done
+    return 0
+}
