@@ -27,8 +27,9 @@
 //!
 //! All dav1d FFI of the daemon is in this module.
 
-use std::ffi::{c_int, CStr};
+use std::ffi::{c_int, c_void, CStr};
 use std::ptr;
+use std::sync::Arc;
 
 use decoder_core::ctrl::av1::{
     V4l2CtrlAv1Frame, V4l2CtrlAv1Sequence, V4L2_AV1_KEY_FRAME, V4L2_AV1_SEQUENCE_FLAG_COLOR_RANGE,
@@ -45,7 +46,10 @@ use decoder_core::ctrl::av1::{
 };
 use decoder_core::ctrl::Codec;
 
-use super::{pixcopy, Backend, CaptureFormat, CaptureTarget, DecodeError, DecodeOutcome, JobInput};
+use super::{
+    pixcopy, Backend, CaptureFormat, CaptureRetain, CaptureTarget, DecodeError, DecodeOutcome,
+    JobInput,
+};
 
 mod ffi {
     //! The parts of `<dav1d/dav1d.h>` (dav1d 1.0, API 6) this backend uses.
@@ -148,6 +152,7 @@ mod ffi {
 
     pub const DAV1D_PIXEL_LAYOUT_I400: c_int = 0;
     pub const DAV1D_PIXEL_LAYOUT_I420: c_int = 1;
+    pub const DAV1D_PIXEL_LAYOUT_I444: c_int = 3;
 
     #[link(name = "dav1d")]
     extern "C" {
@@ -231,6 +236,151 @@ impl Dav1dConfig {
     }
 }
 
+/// `DAV1D_PICTURE_ALIGNMENT`: alignment of plane starts, and padding
+/// after each plane.
+const PICTURE_ALIGNMENT: usize = 64;
+
+/// The job's CAPTURE luma plane, offered to the picture allocator.
+struct InPlaceTarget {
+    ptr: *mut u8,
+    /// Bytes valid from `ptr` ([`CaptureRetain::luma_extent`]).
+    extent: usize,
+    stride: usize,
+    keep: Arc<dyn Send + Sync>,
+}
+
+/// State of the session's `Dav1dPicAllocator` (its cookie).
+struct AllocState {
+    /// Offered for the next picture allocated; taken by it.
+    target: Option<InPlaceTarget>,
+    /// Pictures allocated in a CAPTURE buffer so far.
+    in_place_allocs: u64,
+}
+
+/// Memory of one picture, freed by the release callback.
+struct PicMemory {
+    /// Heap block of the private planes (null if none).
+    block: *mut u8,
+    layout: std::alloc::Layout,
+    /// The CAPTURE buffer the luma plane lives in, kept mapped.
+    _keep: Option<Arc<dyn Send + Sync>>,
+}
+
+impl Drop for PicMemory {
+    fn drop(&mut self) {
+        if !self.block.is_null() {
+            // SAFETY: allocated in `alloc_picture` with this layout.
+            unsafe { std::alloc::dealloc(self.block, self.layout) };
+        }
+    }
+}
+
+const fn align_up(v: usize, a: usize) -> usize {
+    v.div_ceil(a) * a
+}
+
+/// dav1d's picture allocator: the layout dav1d's own allocator uses
+/// (planes padded to 128x128 pixels, strides nudged off multiples of 1024
+/// bytes), except that an 8-bit 4:2:0 or 4:0:0 picture's luma plane goes
+/// into the offered CAPTURE buffer when its stride and size allow.
+unsafe extern "C" fn alloc_picture(pic: *mut ffi::Dav1dPicture, cookie: *mut c_void) -> c_int {
+    // SAFETY: `cookie` is the session's boxed `AllocState`, alive until
+    // after dav1d_close; dav1d calls this on the thread inside
+    // dav1d_send_data / dav1d_get_picture, where no other reference to it
+    // is live.
+    let st = unsafe { &mut *cookie.cast::<AllocState>() };
+    // SAFETY: dav1d passes a picture whose parameters are set.
+    let p = unsafe { &mut *pic };
+    let (w, h) = (p.p.w.max(1) as usize, p.p.h.max(1) as usize);
+    let hbd = usize::from(p.p.bpc > 8);
+    let has_chroma = p.p.layout != ffi::DAV1D_PIXEL_LAYOUT_I400;
+    let ss_ver = usize::from(p.p.layout == ffi::DAV1D_PIXEL_LAYOUT_I420);
+    let ss_hor = usize::from(p.p.layout != ffi::DAV1D_PIXEL_LAYOUT_I444);
+    let (aw, ah) = (align_up(w, 128), align_up(h, 128));
+    let mut y_stride = aw << hbd;
+    let mut uv_stride = if has_chroma { y_stride >> ss_hor } else { 0 };
+    if y_stride % 1024 == 0 {
+        y_stride += PICTURE_ALIGNMENT;
+    }
+    if has_chroma && uv_stride % 1024 == 0 {
+        uv_stride += PICTURE_ALIGNMENT;
+    }
+    let uv_size = uv_stride * (ah >> ss_ver);
+    // The offered CAPTURE luma plane, if this picture fits it.
+    let target = st.target.take().filter(|t| {
+        p.p.bpc == 8
+            && (p.p.layout == ffi::DAV1D_PIXEL_LAYOUT_I420 || !has_chroma)
+            && t.stride >= aw
+            && t.stride.is_multiple_of(PICTURE_ALIGNMENT)
+            && (t.ptr as usize).is_multiple_of(PICTURE_ALIGNMENT)
+            && t.stride
+                .checked_mul(ah)
+                .and_then(|n| n.checked_add(PICTURE_ALIGNMENT))
+                .is_some_and(|n| n <= t.extent)
+    });
+    let y_size = if target.is_some() {
+        0
+    } else {
+        y_stride * ah + PICTURE_ALIGNMENT
+    };
+    let uv_total = if has_chroma {
+        2 * (uv_size + PICTURE_ALIGNMENT)
+    } else {
+        0
+    };
+    let total = y_size + uv_total;
+    let mut mem = PicMemory {
+        block: ptr::null_mut(),
+        layout: std::alloc::Layout::new::<u8>(),
+        _keep: None,
+    };
+    if total > 0 {
+        let Ok(layout) = std::alloc::Layout::from_size_align(total, PICTURE_ALIGNMENT) else {
+            return -12; // DAV1D_ERR(ENOMEM)
+        };
+        // SAFETY: a non-zero size; null checked.
+        let block = unsafe { std::alloc::alloc(layout) };
+        if block.is_null() {
+            return -12;
+        }
+        mem.block = block;
+        mem.layout = layout;
+    }
+    let base = mem.block;
+    // SAFETY: offsets within the block just allocated (`total` bytes).
+    let at = |off: usize| unsafe { base.add(off) };
+    match target {
+        Some(t) => {
+            p.data[0] = t.ptr.cast();
+            p.stride[0] = t.stride as isize;
+            mem._keep = Some(t.keep);
+            st.in_place_allocs += 1;
+        }
+        None => {
+            p.data[0] = at(0).cast();
+            p.stride[0] = y_stride as isize;
+        }
+    }
+    if has_chroma {
+        p.data[1] = at(y_size).cast();
+        p.data[2] = at(y_size + uv_size + PICTURE_ALIGNMENT).cast();
+    } else {
+        p.data[1] = ptr::null_mut();
+        p.data[2] = ptr::null_mut();
+    }
+    p.stride[1] = uv_stride as isize;
+    p.allocator_data = Box::into_raw(Box::new(mem)).cast();
+    0
+}
+
+/// Frees what [`alloc_picture`] allocated.
+unsafe extern "C" fn release_picture(pic: *mut ffi::Dav1dPicture, _cookie: *mut c_void) {
+    // SAFETY: `allocator_data` is the `PicMemory` box of `alloc_picture`;
+    // dav1d releases each picture once (from any thread: dropping the box
+    // only frees memory and drops an `Arc`).
+    drop(unsafe { Box::from_raw((*pic).allocator_data.cast::<PicMemory>()) });
+}
+
 /// An AV1 decoding session on dav1d.
 pub struct Dav1dAv1 {
     ctx: *mut ffi::Dav1dContext,
@@ -247,6 +397,13 @@ pub struct Dav1dAv1 {
     /// Screen content / integer MV setting of the last sequence header
     /// synthesized that decoded.
     tool_choice: ToolChoice,
+    /// The picture allocator's state (freed after the context).
+    alloc: *mut AllocState,
+    /// Pictures whose luma plane dav1d decoded straight into their CAPTURE
+    /// buffer.
+    in_place: u64,
+    /// The current job's CAPTURE memory, retained (set around a decode).
+    retain: Option<CaptureRetain>,
 }
 
 // SAFETY: a dav1d context has no thread affinity; it must only not be used
@@ -265,9 +422,20 @@ impl std::fmt::Debug for Dav1dAv1 {
 
 impl Drop for Dav1dAv1 {
     fn drop(&mut self) {
+        // SAFETY: the allocator state lives until the end of this function;
+        // dav1d is not running.
+        let allocs = unsafe { (*self.alloc).in_place_allocs };
+        tracing::debug!(
+            in_place = self.in_place,
+            in_place_allocs = allocs,
+            "dav1d session closed"
+        );
         // SAFETY: ctx came from dav1d_open and is closed once; dav1d_close
         // sets it to NULL.
         unsafe { ffi::dav1d_close(&mut self.ctx) };
+        // SAFETY: created by Box::into_raw in `with_config`; dav1d, closed,
+        // no longer calls the allocator.
+        drop(unsafe { Box::from_raw(self.alloc) });
     }
 }
 
@@ -301,10 +469,21 @@ impl Dav1dAv1 {
         s.output_invisible_frames = 1;
         s.all_layers = 0;
         s.logger.callback = None;
+        let alloc = Box::into_raw(Box::new(AllocState {
+            target: None,
+            in_place_allocs: 0,
+        }));
+        s.allocator = ffi::Dav1dPicAllocator {
+            cookie: alloc.cast(),
+            alloc_picture_callback: Some(alloc_picture),
+            release_picture_callback: Some(release_picture),
+        };
         let mut ctx = ptr::null_mut();
         // SAFETY: ctx and s are valid pointers for the call; s is only read.
         let r = unsafe { ffi::dav1d_open(&mut ctx, &s) };
         if r < 0 || ctx.is_null() {
+            // SAFETY: not handed to a context.
+            drop(unsafe { Box::from_raw(alloc) });
             return Err(DecodeError::Internal(format!("dav1d_open failed ({r})")));
         }
         Ok(Self {
@@ -316,7 +495,24 @@ impl Dav1dAv1 {
             waiting_for_key: true,
             replays: 0,
             tool_choice: TOOL_CHOICES[0],
+            alloc,
+            in_place: 0,
+            retain: None,
         })
+    }
+
+    /// Pictures of this session whose luma plane dav1d decoded straight
+    /// into their CAPTURE buffer (only the chroma was copied).
+    pub fn in_place_pictures(&self) -> u64 {
+        self.in_place
+    }
+
+    /// Offers (or with `None` withdraws) a CAPTURE luma plane to the next
+    /// picture dav1d allocates.
+    fn offer(&mut self, target: Option<InPlaceTarget>) {
+        // SAFETY: the allocator state is only touched by the callbacks,
+        // which run inside dav1d calls, not now.
+        unsafe { (*self.alloc).target = target };
     }
 
     /// How many key-frame `show_existing_frame` headers were replayed to
@@ -494,6 +690,24 @@ impl Dav1dAv1 {
             }
             c.into_iter().map(Some).collect()
         };
+        // The picture may be decoded into the CAPTURE buffer when its memory
+        // is retained, it is 8-bit NV12, the buffer codes exactly one frame
+        // (the first picture allocated is the job's) and no film grain is
+        // applied (dav1d would output a separate, grained picture while
+        // the ungrained one is the reference).
+        let one_frame = obus.as_ref().is_none_or(|t| {
+            t.iter()
+                .filter(|&&o| o == OBU_FRAME || o == OBU_FRAME_HEADER)
+                .count()
+                == 1
+        });
+        let grain = self.config.apply_grain
+            && seq.flags & V4L2_AV1_SEQUENCE_FLAG_FILM_GRAIN_PARAMS_PRESENT != 0;
+        let in_place = self
+            .retain
+            .as_ref()
+            .filter(|r| out.format == CaptureFormat::Nv12 && r.covers(out) && one_frame && !grain)
+            .map(|r| (r.clone(), out.luma.data.as_mut_ptr(), out.luma.stride));
         let mut result = Err(DecodeError::Corrupt("no attempt".into()));
         for (i, choice) in choices.iter().enumerate() {
             if i > 0 {
@@ -506,7 +720,15 @@ impl Dav1dAv1 {
                 bytes.extend(sequence_header_obu_with(&seq, *c)?);
             }
             bytes.extend_from_slice(frame_bytes);
-            result = self.feed(&bytes, job.timestamp).and_then(|pics| {
+            self.offer(in_place.as_ref().map(|(r, ptr, stride)| InPlaceTarget {
+                ptr: *ptr,
+                extent: r.luma_extent(),
+                stride: *stride,
+                keep: r.keep_alive(),
+            }));
+            let fed = self.feed(&bytes, job.timestamp);
+            self.offer(None);
+            result = fed.and_then(|pics| {
                 let last = pics.last().map(|p| p.0.m.timestamp);
                 match last {
                     None => Err(DecodeError::Corrupt("dav1d output no picture".into())),
@@ -526,8 +748,18 @@ impl Dav1dAv1 {
         }
         let pics = result?;
         self.seq_sent = Some(seq_bytes);
-        let pic = pics.last().expect("checked above");
-        copy_picture(&pic.0, out)?;
+        let pic = &pics.last().expect("checked above").0;
+        if pic.p.bpc == 8
+            && out.format == CaptureFormat::Nv12
+            && pic.data[0].cast_const().cast::<u8>() == out.luma.data.as_ptr()
+            && pic.stride[0] == out.luma.stride as isize
+        {
+            // dav1d decoded the luma plane into the CAPTURE buffer.
+            copy_picture(pic, out, false)?;
+            self.in_place += 1;
+        } else {
+            copy_picture(pic, out, true)?;
+        }
 
         if key {
             self.waiting_for_key = false;
@@ -561,6 +793,7 @@ fn seq_key(s: &V4l2CtrlAv1Sequence) -> SeqKey {
 }
 
 const OBU_SEQUENCE_HEADER: u8 = 1;
+const OBU_FRAME_HEADER: u8 = 3;
 const OBU_FRAME: u8 = 6;
 
 fn leb128(out: &mut Vec<u8>, mut v: u64) {
@@ -943,8 +1176,13 @@ impl pixcopy::Planar for Dav1dView<'_> {
 }
 
 /// Copies a dav1d picture (8 or 10 bit, 4:2:0 or 4:0:0) into the CAPTURE
-/// target.
-fn copy_picture(p: &ffi::Dav1dPicture, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
+/// target; only its chroma unless `luma` (the luma plane is the target's
+/// already).
+fn copy_picture(
+    p: &ffi::Dav1dPicture,
+    out: &mut CaptureTarget<'_>,
+    luma: bool,
+) -> Result<(), DecodeError> {
     let (depth, fmt) = match p.p.bpc {
         8 => (pixcopy::Depth::Bits8, CaptureFormat::Nv12),
         10 => (pixcopy::Depth::Bits10, CaptureFormat::P010),
@@ -979,7 +1217,12 @@ fn copy_picture(p: &ffi::Dav1dPicture, out: &mut CaptureTarget<'_>) -> Result<()
             ));
         }
     }
-    pixcopy::write_capture(&Dav1dView { p, depth, mono }, out)
+    let view = Dav1dView { p, depth, mono };
+    if luma {
+        pixcopy::write_capture(&view, out)
+    } else {
+        pixcopy::write_chroma(&view, out)
+    }
 }
 
 impl Backend for Dav1dAv1 {
@@ -1014,6 +1257,18 @@ impl Backend for Dav1dAv1 {
             }
             r => r,
         }
+    }
+
+    fn decode_retained(
+        &mut self,
+        job: &JobInput<'_>,
+        out: &mut CaptureTarget<'_>,
+        retain: Option<&CaptureRetain>,
+    ) -> Result<DecodeOutcome, DecodeError> {
+        self.retain = retain.cloned();
+        let r = self.decode(job, out);
+        self.retain = None;
+        r
     }
 
     fn reset(&mut self) {
