@@ -97,3 +97,17 @@ refs_all() {
     done
     return 0
 }
+
+# dav1d_crashed: true when a process segfaulted inside libdav1d (the TCG artefact of ref_md5). The
+# daemon is then restarted, and the caller reports its AV1 check as SKIP.
+dav1d_crashed() {
+    dmesg | grep -aq 'segfault .* in libdav1d' || return 1
+    echo "(libdav1d segfaulted in this guest: $(dmesg | grep -a 'segfault .* in libdav1d' | tail -1 | sed 's/^\[[^]]*\] //'))"
+    dmesg -c >/dev/null
+    if [ -n "$daemon" ] && ! kill -0 "$daemon" 2>/dev/null; then
+        wait "$daemon" 2>/dev/null || true
+        daemon=
+        start_daemon
+    fi
+    return 0
+}
