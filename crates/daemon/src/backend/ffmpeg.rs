@@ -1870,115 +1870,14 @@ pub fn plain_decode_packets(codec: Codec, packets: &[&[u8]]) -> Result<usize, De
 #[cfg(test)]
 mod in_place_tests {
     use super::*;
-    use crate::backend::{CapturePlane, JobFlags};
+    use crate::backend::test_mem::{decode_jobs, encode, Mem};
+    use crate::backend::CapturePlane;
     use daedalus_client::h264::{H264Parser, Packing};
     use daedalus_client::StreamParser;
-    use decoder_core::ctrl::{validate_write, ControlValues};
 
-    /// Heap memory with the alignment libavcodec wants, owned by an `Arc`
-    /// like a registered buffer's mapping.
-    struct Mem {
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
-    }
-
-    // SAFETY: plain owned memory; the tests touch it from one thread.
-    unsafe impl Send for Mem {}
-    // SAFETY: as above.
-    unsafe impl Sync for Mem {}
-
-    impl Mem {
-        fn new(len: usize) -> Arc<Self> {
-            let layout = std::alloc::Layout::from_size_align(len, 64).unwrap();
-            // SAFETY: a non-zero size; null checked.
-            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-            assert!(!ptr.is_null());
-            Arc::new(Self { ptr, layout })
-        }
-
-        /// The bytes, like a CAPTURE mapping's: the tests hold one slice
-        /// at a time; libavcodec reaches them through its own pointers.
-        #[allow(clippy::mut_from_ref)]
-        fn bytes(&self) -> &mut [u8] {
-            // SAFETY: `ptr` is `layout.size()` bytes owned by self.
-            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-        }
-    }
-
-    impl Drop for Mem {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `new` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr, self.layout) };
-        }
-    }
-
-    fn encode() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("dv-inplace-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("ibp.264");
-        let st = std::process::Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-            ])
-            .arg("testsrc2=size=160x96:rate=25")
-            .args(["-frames:v", "24", "-pix_fmt", "yuv420p", "-c:v", "libx264"])
-            .args(["-x264-params", "keyint=12:bframes=2:ref=3", "-f", "h264"])
-            .arg(&out)
-            .status()
-            .expect("the ffmpeg tool (with libx264) is needed: see .ci/install-deps");
-        assert!(st.success(), "ffmpeg failed to encode the test stream");
-        out
-    }
-
-    /// Decodes the stream's pictures into NV12 buffers of `stride` bytes
-    /// per line, each picture its own buffer (never reused, as a client
-    /// keeps reference pictures), with the memory retained (`in_place`) or
-    /// not. Returns the visible NV12 bytes of every picture and the number
-    /// of pictures decoded in place.
     fn decode(jobs: &[daedalus_client::Job], stride: usize, in_place: bool) -> (Vec<Vec<u8>>, u64) {
         let mut backend = FfmpegH264::new().unwrap();
-        let mut effective = ControlValues::defaults(Codec::H264);
-        let mut pictures = Vec::new();
-        let mut kept = Vec::new();
-        for job in jobs {
-            for (id, bytes) in job.controls.iter() {
-                effective.set_raw(id, validate_write(Codec::H264, id, bytes).unwrap());
-            }
-            let mut refs = Vec::new();
-            (Codec::H264.desc().reference_timestamps)(&effective, &mut refs);
-            let (w, h) = job.picture.coded;
-            let (wu, hu) = (w as usize, h as usize);
-            let mem = Mem::new(stride * (hu + hu / 2));
-            let buf = mem.bytes();
-            let mut t = CaptureTarget::contiguous(CaptureFormat::Nv12, w, h, stride, buf).unwrap();
-            let input = JobInput {
-                codec: Codec::H264,
-                controls: &effective,
-                bitstream: &job.bitstream,
-                timestamp: job.timestamp,
-                flags: JobFlags::default(),
-                references: &refs,
-            };
-            let keep: Arc<dyn Send + Sync> = mem.clone();
-            // SAFETY: `keep` owns the memory behind `t`, which stays at
-            // its address until the last clone of `keep` is gone.
-            let retain = in_place.then(|| unsafe { CaptureRetain::new(keep, &t) });
-            let r = backend.decode_retained(&input, &mut t, retain.as_ref());
-            assert_eq!(r, Ok(DecodeOutcome::Decoded));
-            let rows = (0..hu).chain(hu..hu + hu / 2);
-            let bytes = mem.bytes();
-            pictures.push(
-                rows.flat_map(|y| bytes[y * stride..y * stride + wu].to_vec())
-                    .collect(),
-            );
-            kept.push(mem);
-        }
+        let (pictures, kept) = decode_jobs(&mut backend, Codec::H264, jobs, stride, in_place);
         let n = backend.in_place_pictures();
         drop(backend);
         // libavcodec's references are gone with the session: only the
@@ -1989,7 +1888,16 @@ mod in_place_tests {
 
     #[test]
     fn h264_luma_is_decoded_in_place_and_matches_the_copy() {
-        let file = encode();
+        let file = encode(
+            "ibp.264",
+            &[
+                "-c:v",
+                "libx264",
+                "-x264-params",
+                "keyint=12:bframes=2:ref=3",
+            ],
+            "160x96",
+        );
         let mut parser = H264Parser::from_file(&file, Packing::PicturePerJob).unwrap();
         let mut jobs = Vec::new();
         while let Some(j) = parser.next_job().unwrap() {

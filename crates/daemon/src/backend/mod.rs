@@ -340,6 +340,128 @@ pub fn open(codec: Codec) -> Result<Box<dyn Backend>, DecodeError> {
     }
 }
 
+/// Helpers of the in-place decoding tests: retained heap "CAPTURE
+/// buffers" and a job runner.
+#[cfg(test)]
+pub(crate) mod test_mem {
+    use super::*;
+    use decoder_core::ctrl::validate_write;
+
+    /// Heap memory with the alignment decoders want, owned by an `Arc` like
+    /// a registered buffer's mapping.
+    pub struct Mem {
+        ptr: *mut u8,
+        layout: std::alloc::Layout,
+    }
+
+    // SAFETY: plain owned memory; the tests touch it from one thread.
+    unsafe impl Send for Mem {}
+    // SAFETY: as above.
+    unsafe impl Sync for Mem {}
+
+    impl Mem {
+        pub fn new(len: usize) -> Arc<Self> {
+            let layout = std::alloc::Layout::from_size_align(len, 64).unwrap();
+            // SAFETY: a non-zero size; null checked.
+            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+            assert!(!ptr.is_null());
+            Arc::new(Self { ptr, layout })
+        }
+
+        /// The bytes, like a CAPTURE mapping's: the tests hold one slice
+        /// at a time; decoders reach them through their own pointers.
+        #[allow(clippy::mut_from_ref)]
+        pub fn bytes(&self) -> &mut [u8] {
+            // SAFETY: `ptr` is `layout.size()` bytes owned by self.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+        }
+    }
+
+    impl Drop for Mem {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+        }
+    }
+
+    /// Encodes 24 frames of a moving test pattern of `size` with the
+    /// `ffmpeg` tool and `codec_args` into a temporary file `name`.
+    pub fn encode(name: &str, codec_args: &[&str], size: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("dv-inplace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join(name);
+        let st = std::process::Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+            ])
+            .arg(format!("testsrc2=size={size}:rate=25"))
+            .args(["-frames:v", "24", "-pix_fmt", "yuv420p"])
+            .args(codec_args)
+            .arg(&out)
+            .status()
+            .expect("the ffmpeg tool (with libx264 and libsvtav1) is needed: see .ci/install-deps");
+        assert!(st.success(), "ffmpeg failed to encode {name}");
+        out
+    }
+
+    /// Decodes `jobs` (whole pictures) into NV12 buffers of `stride` bytes
+    /// per line, each picture its own buffer (never reused, as a client
+    /// keeps reference pictures), with the memory retained (`in_place`) or
+    /// not. Returns the visible NV12 bytes of every picture and the
+    /// buffers.
+    pub fn decode_jobs(
+        backend: &mut dyn Backend,
+        codec: Codec,
+        jobs: &[daedalus_client::Job],
+        stride: usize,
+        in_place: bool,
+    ) -> (Vec<Vec<u8>>, Vec<Arc<Mem>>) {
+        let mut effective = ControlValues::defaults(codec);
+        let mut pictures = Vec::new();
+        let mut kept = Vec::new();
+        for job in jobs {
+            for (id, bytes) in job.controls.iter() {
+                effective.set_raw(id, validate_write(codec, id, bytes).unwrap());
+            }
+            let mut refs = Vec::new();
+            (codec.desc().reference_timestamps)(&effective, &mut refs);
+            let (w, h) = job.picture.coded;
+            let (wu, hu) = (w as usize, h as usize);
+            let mem = Mem::new(stride * (hu + hu.div_ceil(2)));
+            let mut t =
+                CaptureTarget::contiguous(CaptureFormat::Nv12, w, h, stride, mem.bytes()).unwrap();
+            let input = JobInput {
+                codec,
+                controls: &effective,
+                bitstream: &job.bitstream,
+                timestamp: job.timestamp,
+                flags: JobFlags::default(),
+                references: &refs,
+            };
+            let keep: Arc<dyn Send + Sync> = mem.clone();
+            // SAFETY: `keep` owns the memory behind `t`, which stays at
+            // its address until the last clone of `keep` is gone.
+            let retain = in_place.then(|| unsafe { CaptureRetain::new(keep, &t) });
+            let r = backend.decode_retained(&input, &mut t, retain.as_ref());
+            assert_eq!(r, Ok(DecodeOutcome::Decoded));
+            let bytes = mem.bytes();
+            pictures.push(
+                (0..hu + hu.div_ceil(2))
+                    .flat_map(|y| bytes[y * stride..y * stride + wu].to_vec())
+                    .collect(),
+            );
+            kept.push(mem);
+        }
+        (pictures, kept)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
