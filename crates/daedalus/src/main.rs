@@ -552,17 +552,26 @@ fn poll(
 /// and every picture due is displayed, reordering queue included.
 fn drain(emb: &mut Box<dyn Frontend>, player: &mut Player, sink: &mut Sink) -> Result<()> {
     emb.flush()?;
-    let mut idle = Duration::ZERO;
-    while emb.outputs_in_flight() > 0 || !player.pending.is_empty() {
-        if !poll(emb, player, sink, Duration::from_millis(50))? {
-            idle += Duration::from_millis(50);
-            if idle > Duration::from_secs(60) {
-                bail!("no progress for 60 s: the daemon is stuck");
-            }
-            if emb.outputs_in_flight() == 0 {
+    // Idle time overall, and since every OUTPUT buffer came back: a job's
+    // picture may be dequeued a little after its OUTPUT buffer.
+    let (mut idle, mut idle_done) = (Duration::ZERO, Duration::ZERO);
+    while emb.outputs_in_flight() > 0 || !player.pending.is_empty() || !player.in_flight.is_empty()
+    {
+        if poll(emb, player, sink, Duration::from_millis(50))? {
+            (idle, idle_done) = (Duration::ZERO, Duration::ZERO);
+            continue;
+        }
+        idle += Duration::from_millis(50);
+        if idle > Duration::from_secs(60) {
+            bail!("no progress for 60 s: the daemon is stuck");
+        }
+        if emb.outputs_in_flight() == 0 {
+            idle_done += Duration::from_millis(50);
+            if idle_done >= Duration::from_secs(2) {
                 bail!(
-                    "{} pictures to display were never decoded",
-                    player.pending.len()
+                    "{} pictures to display and {} decoded pictures never came back",
+                    player.pending.len(),
+                    player.in_flight.len()
                 );
             }
         }

@@ -150,6 +150,8 @@ fn errno_by_name(s: &str) -> Option<i32> {
         "EINVAL" => e::EINVAL,
         "EBUSY" => e::EBUSY,
         "EBADR" => e::EBADR,
+        "EFAULT" => e::EFAULT,
+        "EPERM" => e::EPERM,
         "ENOENT" => e::ENOENT,
         "EAGAIN" => e::EAGAIN,
         "ERANGE" => e::ERANGE,

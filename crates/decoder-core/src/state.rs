@@ -423,9 +423,12 @@ pub enum BufError {
     /// The queue is busy (streaming, buffers in use, request misuse).
     #[error("busy: {0}")]
     Busy(&'static str),
-    /// A request is required or not supported (`EBADR`).
-    #[error("request required or not supported")]
+    /// An OUTPUT buffer without the request its queue requires (`EBADR`).
+    #[error("request required")]
     BadRequest,
+    /// A CAPTURE buffer with a request: mem2mem refuses those (`EPERM`).
+    #[error("requests cannot be used with CAPTURE buffers")]
+    CaptureRequest,
     /// Nothing to dequeue (`EAGAIN`).
     #[error("no buffer ready")]
     WouldBlock,
@@ -444,6 +447,7 @@ impl BufError {
             BufError::Invalid(_) | BufError::NotStreaming => e::EINVAL,
             BufError::Busy(_) => e::EBUSY,
             BufError::BadRequest => e::EBADR,
+            BufError::CaptureRequest => e::EPERM,
             BufError::WouldBlock => e::EAGAIN,
             BufError::NoContext => e::EBADF,
         }
@@ -928,7 +932,8 @@ impl Device {
         }
         // vb2: OUTPUT requires requests, CAPTURE does not support them.
         match (q, args.request) {
-            (Queue::Output, None) | (Queue::Capture, Some(_)) => return Err(BufError::BadRequest),
+            (Queue::Output, None) => return Err(BufError::BadRequest),
+            (Queue::Capture, Some(_)) => return Err(BufError::CaptureRequest),
             _ => {}
         }
         let n = b.info.num_planes as usize;

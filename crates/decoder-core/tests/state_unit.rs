@@ -187,7 +187,8 @@ fn qbuf_rejections() {
         ),
         Err(e::EINVAL)
     );
-    // OUTPUT requires a request, CAPTURE refuses one
+    // OUTPUT requires a request (EBADR), CAPTURE refuses one (EPERM, as
+    // v4l2_m2m_qbuf() does)
     assert_eq!(
         q(&mut s, Queue::Output, 0, Memory::Mmap, QbufArgs::default()),
         Err(e::EBADR)
@@ -199,7 +200,7 @@ fn qbuf_rejections() {
     };
     assert_eq!(
         q(&mut s, Queue::Capture, 0, Memory::Mmap, with_req),
-        Err(e::EBADR)
+        Err(e::EPERM)
     );
     // bytesused beyond the plane
     let big = QbufArgs {

@@ -119,7 +119,8 @@ pub enum CtrlError {
     /// The control id is not one of this context's controls.
     #[error("unknown control {0:#x}")]
     Unknown(u32),
-    /// The payload size does not match the control's element size.
+    /// The payload is smaller than the control (for a dynamic array: holds
+    /// no whole element). The kernel answers `EFAULT`.
     #[error("control {id:#x}: payload of {got} bytes, expected {expected}")]
     Size {
         /// Control id.
@@ -157,7 +158,7 @@ impl CtrlError {
     pub fn errno(&self) -> i32 {
         match self {
             CtrlError::Unknown(_) => libc_errno::EINVAL,
-            CtrlError::Size { .. } => libc_errno::EINVAL,
+            CtrlError::Size { .. } => libc_errno::EFAULT,
             CtrlError::TooManyElems { .. } => libc_errno::ENOSPC,
             CtrlError::Range { .. } => libc_errno::ERANGE,
             CtrlError::ReadOnly(_) => libc_errno::EACCES,
@@ -487,15 +488,18 @@ pub fn validate_write(codec: Codec, id: u32, bytes: &[u8]) -> Result<Vec<u8>, Ct
         }
         return Ok(v.to_le_bytes()[..4].to_vec());
     }
+    // Like the kernel's prepare_ext_ctrls(): a payload larger than the
+    // control is cut to it (a dynamic array to whole elements); one that is
+    // smaller is refused.
     let n = if d.is_dynamic_array() {
-        if bytes.is_empty() || !bytes.len().is_multiple_of(elem) {
+        let n = bytes.len() / elem;
+        if n == 0 {
             return Err(CtrlError::Size {
                 id,
                 got: bytes.len(),
                 expected: elem,
             });
         }
-        let n = bytes.len() / elem;
         if n > d.max_elems as usize {
             return Err(CtrlError::TooManyElems {
                 id,
@@ -505,7 +509,7 @@ pub fn validate_write(codec: Codec, id: u32, bytes: &[u8]) -> Result<Vec<u8>, Ct
         }
         n
     } else {
-        if bytes.len() != elem {
+        if bytes.len() < elem {
             return Err(CtrlError::Size {
                 id,
                 got: bytes.len(),
@@ -514,7 +518,7 @@ pub fn validate_write(codec: Codec, id: u32, bytes: &[u8]) -> Result<Vec<u8>, Ct
         }
         1
     };
-    let mut out = bytes.to_vec();
+    let mut out = bytes[..n * elem].to_vec();
     if let Some(validate) = d.validate {
         for i in 0..n {
             validate(&mut out[i * elem..(i + 1) * elem])?;
