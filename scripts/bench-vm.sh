@@ -41,7 +41,7 @@ best() {
     echo "$best"
 }
 
-# marginal SHORT LONG CMD...: seconds for the 60 frames LONG has beyond SHORT, CMD's input given
+# marginal SHORT LONG CMD...: seconds for the 180 frames LONG has beyond SHORT, CMD's input given
 # as {}: process start-up, probing and device set-up (slow under TCG, and far slower for ffmpeg
 # with its 200 libraries) cancel out.
 marginal() {
@@ -90,8 +90,10 @@ start_daemon() {
     sleep 1
 }
 stop_daemon() {
-    kill -TERM "$dpid"
-    wait "$dpid" 2>/dev/null || true
+    kill -TERM "$dpid" 2>/dev/null || echo "bench-vm: the daemon had died"
+    local st=0
+    wait "$dpid" 2>/dev/null || st=$?
+    [ "$st" = 0 ] || { echo "bench-vm: daemon exit status $st"; tail -20 "$work/daemon.log"; }
 }
 
 echo "guest: $(nproc) CPU(s), $(uname -r); one decode thread everywhere"
@@ -99,11 +101,12 @@ printf '%-6s %-7s %10s %10s %7s  %s\n' codec path "direct fps" "ours fps" ratio 
 status=0
 for s in h264:h264.h264:h264 vp9:vp9.ivf:vp9 av1:av1.ivf:libdav1d; do
     IFS=: read -r name file dec <<< "$s"
+    [[ " ${BENCH_VM_CODECS:-h264 vp9 av1} " == *" $name "* ]] || continue
     short=$dir/${file/./-10.}
-    long=$dir/${file/./-70.}
-    frames=60
+    long=$dir/${file/./-190.}
+    frames=180
     direct=$(marginal "$short" "$long" ffmpeg -nostdin -v error -threads 1 -c:v "$dec" -i {} -f null -)
-    for path in kernel cuse; do
+    for path in ${BENCH_VM_PATHS:-kernel cuse}; do
         if [ "$path" = kernel ]; then
             endpoint=(--bridge /dev/daedalus-bridge)
             run=("$bin" decode {} --device "$kdev")
@@ -120,7 +123,8 @@ for s in h264:h264.h264:h264 vp9:vp9.ivf:vp9 av1:av1.ivf:libdav1d; do
         "${run[@]//\{\}/$long}" >/dev/null 2>&1 || true
         stop_daemon
         if [ "$direct" = fail ] || [ "$ours" = fail ]; then
-            printf '%-6s %-7s FAILED (direct %s, ours %s)\n' "$name" "$path" "$direct" "$ours"
+            printf '%-6s %-7s FAILED (direct %s, ours %s); daemon log:\n' "$name" "$path" "$direct" "$ours"
+            tail -20 "$work/daemon.log"
             status=1
             continue
         fi
