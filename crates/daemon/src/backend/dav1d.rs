@@ -25,6 +25,16 @@
 //! frame (which refreshes every slot but never reaches the daemon as a job)
 //! is replayed to dav1d as a synthesized frame header.
 //!
+//! Pictures come from the session's own `Dav1dPicAllocator`, with the
+//! layout dav1d's default allocator uses, except that an 8-bit picture's
+//! luma plane is allocated straight in the job's CAPTURE buffer when the
+//! worker retains its memory ([`CaptureRetain`]), the stride and size cover
+//! dav1d's 128-pixel padding, the buffer codes one frame and no film grain
+//! is applied (dav1d then outputs a separate grained picture, while the
+//! ungrained one is the reference). The picture holds a reference on the
+//! CAPTURE memory until dav1d releases it; only its chroma is then
+//! interleaved into the buffer. Other pictures are copied whole.
+//!
 //! All dav1d FFI of the daemon is in this module.
 
 use std::ffi::{c_int, c_void, CStr};

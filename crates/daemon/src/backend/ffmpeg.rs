@@ -15,15 +15,25 @@
 //! decoded (including deblocking and error concealment) inside that
 //! packet's `avcodec_send_packet`, so the buffer allocated last during the
 //! call holds exactly this job's picture once the call returns. The callback
-//! keeps a reference to it; the job then copies it into its CAPTURE buffer.
+//! keeps a reference to it; the job then completes its CAPTURE buffer.
 //! The pictures libavcodec later returns from `avcodec_receive_frame` are
 //! only drained and dropped.
 //!
-//! **One copy.** libavcodec's software H.264 decoder writes planar YUV
-//! (I420), never NV12, and keeps using its pictures as references for later
-//! pictures after the job has returned its CAPTURE buffer to the client. So
-//! it decodes into its own pooled buffers and each job does exactly one copy
-//! that also interleaves the chroma planes into NV12 (or P010).
+//! **In place.** libavcodec's software decoders write planar YUV (I420),
+//! never NV12, and keep reading their pictures as references after the job
+//! has returned its CAPTURE buffer. The session's allocator puts an 8-bit
+//! picture's luma plane straight into the job's CAPTURE buffer when the
+//! worker retains its memory ([`CaptureRetain`]: memfd buffers) and the
+//! buffer meets libavcodec's requirements (line size a multiple of its
+//! alignment, room for the padded height plus over-read slack); the
+//! picture's buffer holds a reference on the CAPTURE memory, so it stays
+//! mapped as long as libavcodec may read it. The chroma planes stay
+//! private and are interleaved into the CAPTURE buffer after the decode.
+//! Every picture of a size shares one luma line size (H.264 and VP8 read
+//! references with the current picture's), so pictures that cannot go in
+//! place (another stride, a dmabuf, HEVC stand-ins for missing references)
+//! come from the session's pools with that line size and are copied whole,
+//! as are 10-bit pictures (P010 differs from libavcodec's layout).
 //!
 //! **References.** libavcodec tracks its own DPB from the bitstream. The
 //! session checks that every reference a job names is a picture it decoded

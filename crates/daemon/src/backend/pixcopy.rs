@@ -1,5 +1,7 @@
 //! Planar YUV 4:2:0 (what libavcodec and dav1d produce) into the CAPTURE
-//! layouts NV12 and P010: the one copy of each picture.
+//! layouts NV12 and P010: the whole picture ([`write_capture`]), or only
+//! its chroma planes when the decoder wrote the luma plane in place
+//! ([`write_chroma`]).
 //!
 //! Backends hand over a [`Planar`] view of their picture; [`write_capture`]
 //! fills every byte of the target's `width` x `height` area, repeating the
