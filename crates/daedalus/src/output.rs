@@ -98,7 +98,8 @@ mod tests {
 
     #[test]
     fn packs_odd_visible_sizes_like_ffmpeg() {
-        let f = try_decoded(PIX_FMT_NV12, 5, 3); // aligned to 16x16
+        let f = try_decoded(PIX_FMT_NV12, 5, 3); // 16x16, rows of 128 bytes
+        let s = f.planes[0].bytesperline as usize;
         let mut buf = vec![0u8; f.planes[0].sizeimage as usize];
         for (i, b) in buf.iter_mut().enumerate() {
             *b = (i % 251) as u8;
@@ -107,10 +108,10 @@ mod tests {
         // 5x3 luma + 6x2 chroma
         assert_eq!(p.len(), 15 + 12);
         assert_eq!(&p[..5], &buf[..5]);
-        assert_eq!(&p[5..10], &buf[16..21]);
-        let c = 16 * 16;
+        assert_eq!(&p[5..10], &buf[s..s + 5]);
+        let c = s * 16;
         assert_eq!(&p[15..21], &buf[c..c + 6]);
-        assert_eq!(&p[21..27], &buf[c + 16..c + 22]);
+        assert_eq!(&p[21..27], &buf[c + s..c + s + 6]);
     }
 
     #[test]

@@ -131,9 +131,16 @@ pub fn try_coded(fourcc: u32, width: u32, height: u32, sizeimage: u32) -> PixFor
     }
 }
 
+/// CAPTURE rows are a multiple of this many pixels (dav1d pads its pictures
+/// to 128; libavcodec wants line sizes in multiples of 64 bytes).
+pub const CAPTURE_ROW_ALIGN: u32 = 128;
+
 /// TRY_FMT on the CAPTURE (decoded) queue for a given coded size: an unknown
 /// fourcc becomes NV12; width and height are aligned to the 16-pixel
-/// macroblock / superblock grid the backends write.
+/// macroblock / superblock grid the backends write. Rows are padded to a
+/// multiple of [`CAPTURE_ROW_ALIGN`] pixels, the line size libavcodec and
+/// dav1d accept for their own pictures, so that the daemon can decode the
+/// luma plane in place.
 pub fn try_decoded(fourcc: u32, coded_width: u32, coded_height: u32) -> PixFormat {
     let fourcc = if DECODED_FORMATS.contains(&fourcc) {
         fourcc
@@ -143,13 +150,14 @@ pub fn try_decoded(fourcc: u32, coded_width: u32, coded_height: u32) -> PixForma
     let (w, h) = clamp_size(coded_width, coded_height);
     let (w, h) = (align(w, 16), align(h, 16));
     let bps = if fourcc == PIX_FMT_P010 { 2 } else { 1 };
+    let bpl = align(w, CAPTURE_ROW_ALIGN) * bps;
     let luma = PlaneLayout {
-        bytesperline: w * bps,
-        sizeimage: w * bps * h,
+        bytesperline: bpl,
+        sizeimage: bpl * h,
     };
     let chroma = PlaneLayout {
-        bytesperline: w * bps,
-        sizeimage: w * bps * h / 2,
+        bytesperline: bpl,
+        sizeimage: bpl * h / 2,
     };
     let mut planes = [PlaneLayout::default(); 4];
     let num_planes = if fourcc == PIX_FMT_NV12M {
@@ -191,12 +199,15 @@ mod tests {
     fn decoded_layouts() {
         let f = try_decoded(PIX_FMT_NV12, 1920, 1080);
         assert_eq!((f.width, f.height, f.num_planes), (1920, 1088, 1));
+        assert_eq!(f.planes[0].bytesperline, 1920);
         assert_eq!(f.planes[0].sizeimage, 1920 * 1088 * 3 / 2);
+        // Rows padded to 128 pixels.
         let f = try_decoded(PIX_FMT_NV12M, 176, 100);
         assert_eq!((f.width, f.height, f.num_planes), (176, 112, 2));
-        assert_eq!(f.planes[1].sizeimage, 176 * 112 / 2);
+        assert_eq!(f.planes[0].bytesperline, 256);
+        assert_eq!(f.planes[1].sizeimage, 256 * 112 / 2);
         let f = try_decoded(PIX_FMT_P010, 64, 64);
-        assert_eq!(f.planes[0].bytesperline, 128);
+        assert_eq!(f.planes[0].bytesperline, 256);
         assert_eq!(try_decoded(0, 64, 64).fourcc, PIX_FMT_NV12);
     }
 
