@@ -150,14 +150,16 @@ static void dv_try_coded(struct v4l2_pix_format_mplane *pix)
 }
 
 /*
- * fmt::try_decoded: the size is the coded size, aligned to 16; the format
+ * fmt::try_decoded: the size is the coded size, aligned to 16; rows padded
+ * to DV_CAPTURE_ROW_ALIGN pixels (fmt::CAPTURE_ROW_ALIGN: line sizes
+ * libavcodec and dav1d accept, so the daemon decodes in place); the format
  * one of those of the stream's bit depth.
  */
 static void dv_try_decoded(struct v4l2_pix_format_mplane *pix,
 			   const struct v4l2_pix_format_mplane *coded,
 			   unsigned int depth)
 {
-	u32 w, h, bps, luma, chroma;
+	u32 w, h, bps, bpl, luma, chroma;
 	unsigned int i;
 
 	if (!dv_is_decoded(pix->pixelformat, depth))
@@ -165,7 +167,8 @@ static void dv_try_decoded(struct v4l2_pix_format_mplane *pix,
 	w = ALIGN(clamp_t(u32, coded->width, DV_MIN_SIZE, DV_MAX_WIDTH), 16);
 	h = ALIGN(clamp_t(u32, coded->height, DV_MIN_SIZE, DV_MAX_HEIGHT), 16);
 	bps = pix->pixelformat == V4L2_PIX_FMT_P010 ? 2 : 1;
-	luma = w * bps * h;
+	bpl = ALIGN(w, DV_CAPTURE_ROW_ALIGN) * bps;
+	luma = bpl * h;
 	chroma = luma / 2;
 	pix->width = w;
 	pix->height = h;
@@ -175,13 +178,13 @@ static void dv_try_decoded(struct v4l2_pix_format_mplane *pix,
 	memset(pix->plane_fmt, 0, sizeof(pix->plane_fmt));
 	if (pix->pixelformat == V4L2_PIX_FMT_NV12M) {
 		pix->num_planes = 2;
-		pix->plane_fmt[0].bytesperline = w * bps;
+		pix->plane_fmt[0].bytesperline = bpl;
 		pix->plane_fmt[0].sizeimage = luma;
-		pix->plane_fmt[1].bytesperline = w * bps;
+		pix->plane_fmt[1].bytesperline = bpl;
 		pix->plane_fmt[1].sizeimage = chroma;
 	} else {
 		pix->num_planes = 1;
-		pix->plane_fmt[0].bytesperline = w * bps;
+		pix->plane_fmt[0].bytesperline = bpl;
 		pix->plane_fmt[0].sizeimage = luma + chroma;
 	}
 	for (i = 0; i < pix->num_planes; i++)

@@ -42,6 +42,8 @@
 #define DV_MIN_SIZE		16
 #define DV_MAX_WIDTH		8192
 #define DV_MAX_HEIGHT		4352
+/* CAPTURE rows are a multiple of this many pixels (fmt::CAPTURE_ROW_ALIGN). */
+#define DV_CAPTURE_ROW_ALIGN	128
 #define DV_MIN_CODED_BUFFER	(64 * 1024)
 #define DV_MAX_CODED_BUFFER	(64 << 20)
 

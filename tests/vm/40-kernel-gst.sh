@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Guest check (issue #6, f): GStreamer's v4l2codecs (v4l2slh264dec, v4l2slh265dec, v4l2slvp8dec,
-# v4l2slvp9dec, v4l2slav1dec) decode through daedalus.ko + `daedalus-daemon --bridge`, and every
+# v4l2slvp9dec, v4l2slav1dec; HEVC Main10 and VP9 profile 2 to P010) decode through daedalus.ko +
+# `daedalus-daemon --bridge`, and every
 # picture equals FFmpeg's (per-frame MD5 of the pictures, GStreamer's I420 output converted to NV12). Then a client is SIGKILLed at
 # random moments of a decode 100 times (daemon attached); afterwards no task is in D state, the
 # refcount is 0 and rmmod succeeds.
@@ -41,6 +42,22 @@ for s in h264.h264:v4l2slh264dec:176x144 hevc.hevc:v4l2slh265dec:128x96 vp8.ivf:
         diff "$work/$f.ref.h" "$work/$f.out.h" | head -5
         exit 1
     fi
+done
+
+# 10-bit: HEVC Main10 and VP9 profile 2 to P010 (CAPTURE offers P010 once the SPS / frame
+# control says 10 bits), equal to FFmpeg's p010le pictures.
+ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -pix_fmt yuv420p10le -c:v libx265 -x265-params log-level=error "$work/h10.hevc"
+ffmpeg -v error -f lavfi -i testsrc2=size=128x96:rate=25 -frames:v 8 -pix_fmt yuv420p10le -c:v libvpx-vp9 -profile:v 2 -f ivf "$work/v10.ivf"
+for x in h10.hevc:v4l2slh265dec v10.ivf:v4l2slvp9dec; do
+    IFS=: read -r f el <<<"$x"
+    ffmpeg -v error -i "$work/$f" -pix_fmt p010le -f framemd5 "$work/$f.ref"
+    timeout 120 gst-launch-1.0 -q filesrc location="$work/$f" ! parsebin ! "$el" ! video/x-raw,format=P010_10LE ! \
+        filesink location="$work/$f.yuv" >"$work/$f.gst" 2>&1 || { cat "$work/$f.gst"; echo "$f: gst-launch failed"; exit 1; }
+    ffmpeg -v error -f rawvideo -pix_fmt p010le -s 128x96 -i "$work/$f.yuv" -f framemd5 "$work/$f.out"
+    hashes "$work/$f.ref" >"$work/$f.ref.h"
+    hashes "$work/$f.out" >"$work/$f.out.h"
+    cmp -s "$work/$f.ref.h" "$work/$f.out.h" || { echo "$f: $el P010 differs from FFmpeg"; exit 1; }
+    echo "$f: $el P010 $(wc -l <"$work/$f.ref.h")/$(wc -l <"$work/$f.ref.h") frames equal to FFmpeg"
 done
 
 # 100 clients killed at random moments within the time one whole decode takes.
