@@ -354,6 +354,8 @@ void dv_device_run(void *priv)
 	src->sequence = ctx->out_seq++;
 	if (m2m_ctx->new_frame)
 		dst->sequence = ctx->cap_seq++;
+	/* Before any failure: an ERROR picture carries its job's timestamp. */
+	v4l2_m2m_buf_copy_metadata(src, dst, true);
 
 	spin_lock_irqsave(&br->lock, flags);
 	ctx->dispatching = true;
@@ -368,7 +370,6 @@ void dv_device_run(void *priv)
 
 	if (req)
 		v4l2_ctrl_request_setup(req, &ctx->hdl);
-	v4l2_m2m_buf_copy_metadata(src, dst, true);
 
 	job.ctx_id = ctx->id;
 	if (src->flags & V4L2_BUF_FLAG_M2M_HOLD_CAPTURE_BUF)
