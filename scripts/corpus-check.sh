@@ -5,6 +5,9 @@
 # expected to fail (the stack cannot decode them yet): they are reported by
 # name every run, and one that starts passing fails the check so the list
 # stays true. Usage: scripts/corpus-check.sh [CORPUS_DIR] [DAEDALUS_BIN]
+# CORPUS_DECODE_ARGS adds arguments to `daedalus decode` (e.g. --device
+# /dev/video0), CORPUS_WRAP runs it under a command (e.g. the CUSE launcher):
+# the VM suites decode the corpus through the kernel module and CUSE this way.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${1:-$root/.cache/corpus}
@@ -19,7 +22,8 @@ while read -r file pix n; do
     name=${file%.*}
     streams=$((streams + 1))
     reason=$(awk -v s="$name" '$1 == s { $1 = ""; sub(/^ /, ""); print; exit }' "$known" 2>/dev/null)
-    if timeout 300 "$bin" decode "$dir/$file" --framemd5 "$tmp/$name.md5" >"$tmp/$name.out" 2>&1; then
+    # shellcheck disable=SC2086
+    if timeout 300 ${CORPUS_WRAP:-} "$bin" decode "$dir/$file" --framemd5 "$tmp/$name.md5" ${CORPUS_DECODE_ARGS:-} >"$tmp/$name.out" 2>&1; then
         ok=1
     else
         ok=0

@@ -107,6 +107,12 @@ pub struct DeviceOptions {
     pub media: Option<PathBuf>,
     /// Buffer memory of both queues.
     pub memory: MemoryKind,
+    /// Controls of the stream's first job, set as the context's current
+    /// values before the CAPTURE format is chosen: a stateless decoder
+    /// derives the formats it offers (8 or 10 bit) from the sequence
+    /// controls (H.264/HEVC SPS, VP9 frame, AV1 sequence), as GStreamer
+    /// sets them first.
+    pub initial_controls: Option<ControlValues>,
 }
 
 /// `struct dma_heap_allocation_data` (include/uapi/linux/dma-heap.h).
@@ -621,6 +627,14 @@ impl V4l2Device {
             );
         }
 
+        if let Some(c) = &opts.initial_controls {
+            let mut storage = Vec::new();
+            let mut ctrls = ext_controls(codec, c, &mut storage)?;
+            if let Err(e) = vio::s_ext_ctrls(&video, CtrlWhich::Current, &mut ctrls[..]) {
+                tracing::debug!("{}: initial controls refused: {e}", path.display());
+            }
+        }
+
         // CAPTURE: what the device offers for this coded format.
         let mut offered = Vec::new();
         for i in 0.. {
@@ -767,32 +781,7 @@ impl V4l2Device {
         controls: &ControlValues,
         storage: &mut Vec<Vec<u8>>,
     ) -> Result<Vec<v4l2_ext_control>> {
-        let desc = self.codec.desc();
-        let mut out = Vec::with_capacity(controls.len());
-        for (id, bytes) in controls.iter() {
-            let d = desc
-                .find(id)
-                .ok_or_else(|| anyhow!("control {id:#x} is not a {:?} control", self.codec))?;
-            let mut c = v4l2_ext_control {
-                id,
-                ..Default::default()
-            };
-            if d.is_compound() {
-                // Payloads are already in the kernel's layout; a dynamic
-                // array passes as many elements as the bytes hold.
-                storage.push(bytes.to_vec());
-                let buf = storage.last_mut().expect("just pushed");
-                c.size = buf.len() as u32;
-                c.__bindgen_anon_1.p_u8 = buf.as_mut_ptr();
-            } else {
-                let mut v = [0u8; 4];
-                let n = bytes.len().min(4);
-                v[..n].copy_from_slice(&bytes[..n]);
-                c.__bindgen_anon_1.value = i32::from_le_bytes(v);
-            }
-            out.push(c);
-        }
-        Ok(out)
+        ext_controls(self.codec, controls, storage)
     }
 
     fn take_request(&mut self) -> Result<Request> {
@@ -829,6 +818,42 @@ impl V4l2Device {
             )),
         }
     }
+}
+
+/// The `v4l2_ext_control` array for `controls` of `codec`; compound payloads
+/// are copied into `storage`, which must outlive the ioctl.
+fn ext_controls(
+    codec: Codec,
+    controls: &ControlValues,
+    storage: &mut Vec<Vec<u8>>,
+) -> Result<Vec<v4l2_ext_control>> {
+    let desc = codec.desc();
+
+    let mut out = Vec::with_capacity(controls.len());
+    for (id, bytes) in controls.iter() {
+        let d = desc
+            .find(id)
+            .ok_or_else(|| anyhow!("control {id:#x} is not a {:?} control", codec))?;
+        let mut c = v4l2_ext_control {
+            id,
+            ..Default::default()
+        };
+        if d.is_compound() {
+            // Payloads are already in the kernel's layout; a dynamic
+            // array passes as many elements as the bytes hold.
+            storage.push(bytes.to_vec());
+            let buf = storage.last_mut().expect("just pushed");
+            c.size = buf.len() as u32;
+            c.__bindgen_anon_1.p_u8 = buf.as_mut_ptr();
+        } else {
+            let mut v = [0u8; 4];
+            let n = bytes.len().min(4);
+            v[..n].copy_from_slice(&bytes[..n]);
+            c.__bindgen_anon_1.value = i32::from_le_bytes(v);
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
 
 impl Frontend for V4l2Device {
@@ -1127,6 +1152,7 @@ mod tests {
             memory: std::env::var("DAEDALUS_DEVICE_MEMORY")
                 .map(|m| MemoryKind::parse(&m).unwrap())
                 .unwrap_or_default(),
+            initial_controls: None,
         };
         for spec in streams.split_whitespace() {
             let mut parser = parser_for(spec);

@@ -18,6 +18,7 @@ use daedalus_client::demux::Elementary;
 use daedalus_client::{
     DisplayQueue, FrameEvent, FrameStreamParser, Job, PictureInfo, StreamParser,
 };
+use decoder_core::ctrl::ControlValues;
 use decoder_core::fmt::{self, PixFormat};
 
 use crate::device::V4l2Device;
@@ -92,9 +93,16 @@ fn main() {
             &input,
             output.as_deref(),
             framemd5.as_deref(),
-            device
-                .as_deref()
-                .map(|d| (d, device::DeviceOptions { media, memory })),
+            device.as_deref().map(|d| {
+                (
+                    d,
+                    device::DeviceOptions {
+                        media,
+                        memory,
+                        initial_controls: None,
+                    },
+                )
+            }),
             threads,
             job_stats,
         ),
@@ -366,29 +374,33 @@ fn decode(
             None => bail!("{}: no picture in the stream", input.display()),
         }
     };
-    let open_frontend = |pic: &PictureInfo, codec| -> Result<Box<dyn Frontend>> {
-        let (cw, ch) = pic.coded;
-        let ten_bit = pic.bit_depth > 8;
-        Ok(match &device {
-            Some((d, opts)) => Box::new(V4l2Device::open(
-                d,
-                opts,
-                fmt::fourcc_of(codec),
-                cw,
-                ch,
-                ten_bit,
-            )?),
-            None => {
-                let mut e = Embedded::new(fmt::fourcc_of(codec), cw, ch, ten_bit, threads)?;
-                if job_stats {
-                    daedalus_daemon::stats::enable();
-                    e.enable_timing();
+    let open_frontend =
+        |pic: &PictureInfo, codec, controls: &ControlValues| -> Result<Box<dyn Frontend>> {
+            let (cw, ch) = pic.coded;
+            let ten_bit = pic.bit_depth > 8;
+            Ok(match &device {
+                Some((d, opts)) => Box::new(V4l2Device::open(
+                    d,
+                    &device::DeviceOptions {
+                        initial_controls: Some(controls.clone()),
+                        ..opts.clone()
+                    },
+                    fmt::fourcc_of(codec),
+                    cw,
+                    ch,
+                    ten_bit,
+                )?),
+                None => {
+                    let mut e = Embedded::new(fmt::fourcc_of(codec), cw, ch, ten_bit, threads)?;
+                    if job_stats {
+                        daedalus_daemon::stats::enable();
+                        e.enable_timing();
+                    }
+                    Box::new(e)
                 }
-                Box::new(e)
-            }
-        })
-    };
-    let mut emb = open_frontend(&first.picture, first.codec)?;
+            })
+        };
+    let mut emb = open_frontend(&first.picture, first.codec, &first.controls)?;
     let mut job_timings = Vec::new();
     let (_, _, vw, vh) = first.picture.visible;
     let mut sink = Sink {
@@ -453,7 +465,7 @@ fn decode(
                         job.picture.visible.3,
                         job.timestamp
                     );
-                    emb = open_frontend(&job.picture, job.codec)?;
+                    emb = open_frontend(&job.picture, job.codec, &job.controls)?;
                     for i in 0..emb.capture_count() {
                         emb.queue_capture(i)?;
                     }
