@@ -86,4 +86,4 @@ bench: uapi
 bench-vm: uapi kmod
     cargo build --release --workspace --bins
     bash scripts/bench-vm-streams.sh
-    VM_TCG_CPU=${VM_TCG_CPU:-max,-avx2} VM_TIMEOUT=1800 vm/run.sh bash scripts/bench-vm.sh
+    VM_TIMEOUT=1800 vm/run.sh bash scripts/bench-vm.sh

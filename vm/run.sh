@@ -88,9 +88,9 @@ case $ACCEL in
     kvm) ACC=(-accel kvm -cpu host) ;;
     # thread=single: with multi-threaded TCG, cross-CPU kernel text patching (static keys flipped
     # while another vCPU runs the patched code) intermittently oopses on a stale int3
-    # VM_TCG_CPU overrides the CPU model (e.g. max,-avx2: QEMU 7.2's young AVX2 emulation
-    # crashes dav1d's AVX2 code on some streams, FFmpeg's and ours alike).
-    tcg) ACC=(-accel "tcg,thread=${VM_TCG_THREAD:-single}" -cpu "${VM_TCG_CPU:-max}") ;;
+    # -avx2: QEMU 7.2's young AVX2 emulation crashes dav1d's AVX2 code on some streams (FFmpeg's
+    # libdav1d and ours alike: a wild stack access). VM_TCG_CPU overrides the model.
+    tcg) ACC=(-accel "tcg,thread=${VM_TCG_THREAD:-single}" -cpu "${VM_TCG_CPU:-max,-avx2}") ;;
     *) vm_die "VM_ACCEL must be kvm or tcg" ;;
 esac
 
