@@ -887,7 +887,7 @@ impl VideoNode {
     ) -> IoResult {
         let index = a.buf.index;
         let n = info.num_planes as usize;
-        if q == Queue::Output && request.is_none() {
+        if q == Queue::Output && request.is_none() && g.dev.config().requests_required {
             return Err(Errno(libc::EBADR));
         }
         let mut bytesused = [0u32; 4];
@@ -1351,7 +1351,7 @@ impl VideoIoctls for VideoNode {
             }
             *used = p.bytesused.min(len);
         }
-        if q == Queue::Output && request.is_none() {
+        if q == Queue::Output && request.is_none() && g.dev.config().requests_required {
             return Err(Errno(libc::EBADR));
         }
         // Shadow planes, then the bitstream copied in.
@@ -2194,7 +2194,9 @@ mod tests {
         b.length = VIDEO_MAX_PLANES + 1;
         m.put(BASE, &b);
         assert_eq!(h.err(fh, VIDIOC_QUERYBUF, BASE, &mut m), libc::EINVAL);
-        // QBUF(OUTPUT) without a request: EBADR, as vb2 for request-only queues.
+        // QBUF(OUTPUT) without a request: not refused for it (requests are
+        // optional, decoder-core's default, as on visl and the kernel
+        // module); checked last.
         let mut b = Buffer::new_zeroed();
         b.type_ = out;
         b.memory = MEMORY_USERPTR;
@@ -2206,14 +2208,18 @@ mod tests {
             bytesused: 10,
             ..Default::default()
         };
-        m.put(BASE, &b);
         m.put(BASE + 0x1000, &p);
-        assert_eq!(h.err(fh, VIDIOC_QBUF, BASE, &mut m), libc::EBADR);
         // A request fd with no resolver (no media side): EINVAL.
         b.flags = BUF_FLAG_REQUEST_FD;
         b.request_fd = 5;
         m.put(BASE, &b);
         assert_eq!(h.err(fh, VIDIOC_QBUF, BASE, &mut m), libc::EINVAL);
+        b.flags = 0;
+        b.request_fd = 0;
+        m.put(BASE, &b);
+        // Past the request check, it reads the bitstream, which this
+        // emulated client memory lacks: EFAULT, not EBADR.
+        assert_eq!(h.err(fh, VIDIOC_QBUF, BASE, &mut m), libc::EFAULT);
     }
 
     #[test]

@@ -395,6 +395,11 @@ pub struct Config {
     pub max_contexts: u32,
     /// Most requests allocated at once.
     pub max_requests: u32,
+    /// QBUF on OUTPUT without a request fails with `EBADR` (vb2's
+    /// `requires_requests`, as on cedrus or hantro). Off by default, as on
+    /// visl and the kernel module: such a job runs with the context's
+    /// current control values, which v4l2-compliance's streaming tests use.
+    pub requests_required: bool,
 }
 
 impl Default for Config {
@@ -410,6 +415,7 @@ impl Default for Config {
             features: proto::DV_FEAT_ALL,
             max_contexts: 64,
             max_requests: 1024,
+            requests_required: false,
         }
     }
 }
@@ -930,9 +936,11 @@ impl Device {
         if b.info.state != BufState::Dequeued {
             return Err(BufError::Invalid("buffer already queued"));
         }
-        // vb2: OUTPUT requires requests, CAPTURE does not support them.
+        // vb2: OUTPUT may require requests, CAPTURE does not support them.
         match (q, args.request) {
-            (Queue::Output, None) => return Err(BufError::BadRequest),
+            (Queue::Output, None) if self.cfg.requests_required => {
+                return Err(BufError::BadRequest)
+            }
             (Queue::Capture, Some(_)) => return Err(BufError::CaptureRequest),
             _ => {}
         }

@@ -169,7 +169,10 @@ fn create_bufs_appends_and_checks_memory() {
 
 #[test]
 fn qbuf_rejections() {
-    let mut s = sim();
+    let mut s = Sim::new(Device::new(Config {
+        requests_required: true,
+        ..Config::default()
+    }));
     let c = streaming(&mut s, 2);
     let now = s.now;
     let q = |s: &mut Sim, qq, i, m, a| s.dev.qbuf(c, qq, i, m, a, now).map_err(|e| e.errno());
@@ -187,8 +190,8 @@ fn qbuf_rejections() {
         ),
         Err(e::EINVAL)
     );
-    // OUTPUT requires a request (EBADR), CAPTURE refuses one (EPERM, as
-    // v4l2_m2m_qbuf() does)
+    // OUTPUT requires a request here (EBADR), CAPTURE refuses one (EPERM,
+    // as v4l2_m2m_qbuf() does)
     assert_eq!(
         q(&mut s, Queue::Output, 0, Memory::Mmap, QbufArgs::default()),
         Err(e::EBADR)
@@ -492,6 +495,29 @@ fn registration_precedes_the_job_and_is_redone_when_memory_changes() {
         .unwrap();
     s.dev.request_queue(r, now).unwrap();
     assert_eq!(kinds(&sent(&mut s)), vec![BufRegister, Decode]);
+}
+
+#[test]
+fn output_without_request_runs_with_current_controls() {
+    // The default, as on visl and the kernel module.
+    let mut s = sim();
+    s.daemon_start();
+    let c = streaming(&mut s, 2);
+    qcap(&mut s, c, 0);
+    let now = s.now;
+    let args = QbufArgs {
+        bytesused: [100, 0, 0, 0],
+        timestamp: 7_000,
+        ..Default::default()
+    };
+    s.dev
+        .qbuf(c, Queue::Output, 1, Memory::Mmap, args, now)
+        .unwrap();
+    s.pump();
+    let d = s.dev.dqbuf(c, Queue::Capture).unwrap();
+    assert_eq!((d.index, d.timestamp), (0, 7_000));
+    assert_eq!(d.flags & BUF_FLAG_ERROR, 0);
+    assert_eq!(s.dev.dqbuf(c, Queue::Output).unwrap().index, 1);
 }
 
 #[test]
