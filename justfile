@@ -46,6 +46,16 @@ kmod:
     mkdir -p .cache
     make -C kernel KDIR="$kdir" KBUILD_EXTRA_SYMBOLS="$symvers" W=1 2>&1 | tee .cache/kmod-build.log
     if grep -E '(warning|error):' .cache/kmod-build.log; then echo "kmod: the build has warnings"; exit 1; fi
+    # checkpatch (from the linux-source .deb the VM cache holds) and kernel-doc: both silent.
+    d=.cache/vm/checkpatch; abi=$(vm/kdir --abi)
+    if [ ! -f $d/linux-source-6.12/scripts/checkpatch.pl ]; then
+        mkdir -p $d
+        dpkg-deb --fsys-tarfile .cache/vm/debs/$abi/linux-source-6.12_*.deb | tar -xO ./usr/src/linux-source-6.12.tar.xz |
+            tar -xJ -C $d linux-source-6.12/scripts/checkpatch.pl linux-source-6.12/scripts/spelling.txt linux-source-6.12/scripts/const_structs.checkpatch
+    fi
+    perl $d/linux-source-6.12/scripts/checkpatch.pl --no-tree --strict -q -f kernel/daedalus-*.c kernel/daedalus.h include/daedalus_bridge.h
+    perl "$kdir/scripts/kernel-doc" -none -Wall -Werror kernel/daedalus-*.c kernel/daedalus.h include/daedalus_bridge.h
+    echo "kmod: W=1, checkpatch --strict and kernel-doc clean"
 
 # Release binaries and examples the VM suites run, and the kernel module.
 build-all: uapi kmod
