@@ -712,12 +712,14 @@ mod tests {
         o.num_planes = 2;
         assert!(CaptureLayout::from_ctx_open(&o).is_none());
 
+        // Rows are padded to fmt::CAPTURE_ROW_ALIGN pixels.
         let l = CaptureLayout::from_ctx_open(&open(fmt::PIX_FMT_NV12M, 32, 32)).unwrap();
-        let mut y = vec![0u8; 32 * 32];
-        let mut c = vec![0u8; 32 * 16];
+        let s = fmt::CAPTURE_ROW_ALIGN as usize;
+        let mut y = vec![0u8; s * 32];
+        let mut c = vec![0u8; s * 16];
         let t = l.target(vec![&mut y, &mut c]).unwrap();
-        assert_eq!(t.luma.stride, 32);
-        let mut c = vec![0u8; 32 * 15];
+        assert_eq!(t.luma.stride, s);
+        let mut c = vec![0u8; s * 15];
         assert!(l.target(vec![&mut y, &mut c]).is_err());
         assert!(l.target(vec![&mut y]).is_err());
     }

@@ -150,9 +150,16 @@ fn through_daemon(jobs: &[Job]) -> Vec<(u64, Vec<u8>)> {
             let sent = f.sent.iter().find(|s| s.cookie == cookie).unwrap();
             let fd = &f.mem[&(c, Queue::Capture, sent.capture)][0];
             let (w, h) = job.picture.coded;
-            let mut buf = vec![0u8; (w * h * 3 / 2) as usize];
-            rustix::io::pread(fd, &mut buf, 0).unwrap();
-            assert_eq!(r.bytesused[0], w * h * 3 / 2);
+            let cf = f.dev.format(c, Queue::Capture).unwrap();
+            assert_eq!(cf.height, h);
+            let stride = cf.planes[0].bytesperline as usize;
+            let mut raw = vec![0u8; cf.planes[0].sizeimage as usize];
+            rustix::io::pread(fd, &mut raw, 0).unwrap();
+            assert_eq!(r.bytesused[0], cf.planes[0].sizeimage);
+            // Y rows then CbCr rows, without the row padding.
+            let buf: Vec<u8> = (0..(h + h / 2) as usize)
+                .flat_map(|y| raw[y * stride..y * stride + w as usize].iter().copied())
+                .collect();
             pictures.push((job.timestamp, buf));
         }
     }

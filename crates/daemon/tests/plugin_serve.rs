@@ -25,6 +25,8 @@ const EAGAIN: u32 = 11;
 const EINVAL: u32 = 22;
 const W: usize = 64;
 const H: usize = 48;
+/// CAPTURE row stride: rows are padded to `fmt::CAPTURE_ROW_ALIGN` pixels.
+const S: usize = W.next_multiple_of(fmt::CAPTURE_ROW_ALIGN as usize);
 
 fn spawn() -> (
     std::thread::JoinHandle<ServeResult>,
@@ -48,7 +50,7 @@ fn spawn() -> (
 
 /// The 64x48 NV12 picture of CAPTURE buffer `i`.
 fn picture(f: &Frontend, c: CtxId, i: u32) -> Vec<u8> {
-    let mut buf = vec![0u8; W * H * 3 / 2];
+    let mut buf = vec![0u8; S * H * 3 / 2];
     rustix::io::pread(&f.mem[&(c, Queue::Capture, i)][0], &mut buf, 0).unwrap();
     buf
 }
@@ -57,20 +59,20 @@ fn picture(f: &Frontend, c: CtxId, i: u32) -> Vec<u8> {
 /// by the documented amounts across and down) and returns its three
 /// starting values, which are bytes of the job's seed.
 fn gradient_origin(pic: &[u8]) -> (u8, u8, u8) {
-    let (y, uv) = pic.split_at(W * H);
+    let (y, uv) = pic.split_at(S * H);
     let o = (y[0], uv[0], uv[1]);
     for row in 0..H {
         for x in 0..W {
             let want = o.0.wrapping_add(x as u8).wrapping_add(3 * row as u8);
-            assert_eq!(y[row * W + x], want, "luma ({x}, {row})");
+            assert_eq!(y[row * S + x], want, "luma ({x}, {row})");
         }
     }
     for row in 0..H / 2 {
         for x in 0..W / 2 {
             let cb = o.1.wrapping_add(2 * x as u8).wrapping_add(5 * row as u8);
             let cr = o.2.wrapping_add(3 * x as u8).wrapping_add(7 * row as u8);
-            assert_eq!(uv[row * W + 2 * x], cb, "Cb ({x}, {row})");
-            assert_eq!(uv[row * W + 2 * x + 1], cr, "Cr ({x}, {row})");
+            assert_eq!(uv[row * S + 2 * x], cb, "Cb ({x}, {row})");
+            assert_eq!(uv[row * S + 2 * x + 1], cr, "Cr ({x}, {row})");
         }
     }
     o
@@ -102,7 +104,7 @@ fn server_decodes_with_the_plugin_into_shared_memory() {
             5000 => assert_eq!((r.status, r.error), (DV_STATUS_ERROR, EAGAIN)),
             ts => {
                 assert_eq!((r.status, r.error), (DV_STATUS_DONE, 0), "job {ts}");
-                assert_eq!(r.bytesused[0] as usize, W * H * 3 / 2);
+                assert_eq!(r.bytesused[0] as usize, S * H * 3 / 2);
                 origins.push(gradient_origin(&picture(&f, c, j.capture)));
             }
         }

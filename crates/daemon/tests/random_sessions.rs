@@ -142,8 +142,9 @@ fn session(seed: u64) -> (Vec<u64>, Vec<proto::JobResult>, bool) {
                 let n = if good { 1 } else { 1 + rng.below(3) as usize };
                 let fds: Vec<_> = (0..n)
                     .map(|_| {
+                        // 64x48 NV12 with 128-pixel rows: 9216 bytes.
                         memfd(if good {
-                            8192
+                            16384
                         } else {
                             4096 * (1 + rng.below(8))
                         })
@@ -152,7 +153,7 @@ fn session(seed: u64) -> (Vec<u64>, Vec<proto::JobResult>, bool) {
                 let num_planes = if good { 1 } else { 1 + rng.below(2) as u32 };
                 let mut planes = [proto::BufPlane::default(); 4];
                 if good {
-                    planes[0].length = 8192;
+                    planes[0].length = 16384;
                 }
                 for p in planes
                     .iter_mut()

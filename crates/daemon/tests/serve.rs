@@ -22,6 +22,10 @@ const EIO: u32 = 5;
 const EBADF: u32 = 9;
 const SEC: Duration = Duration::from_secs(1);
 
+/// Bytes per CAPTURE row of the 64x48 test contexts (rows padded to
+/// `fmt::CAPTURE_ROW_ALIGN` pixels).
+const S: u32 = 64u32.next_multiple_of(fmt::CAPTURE_ROW_ALIGN);
+
 #[test]
 fn handshake_agrees_on_common_features() {
     let (t, sd, sock, _log) = spawn_server(2, Duration::ZERO);
@@ -72,10 +76,10 @@ fn jobs_decode_into_the_shared_capture_memory() {
         assert_eq!(f.capture_bytes(c, j.capture), (0x10 + k, 0x80 + k));
         let r = f.result_of(j.cookie).unwrap();
         assert_eq!(r.status, DV_STATUS_DONE);
-        assert_eq!(r.bytesused[0], 64 * 48 * 3 / 2);
+        assert_eq!(r.bytesused[0], S * 48 * 3 / 2);
     }
     let info = f.dev.buffer(c, Queue::Capture, f.sent[0].capture).unwrap();
-    assert_eq!(info.bytesused[0], 64 * 48 * 3 / 2);
+    assert_eq!(info.bytesused[0], S * 48 * 3 / 2);
     sd.trigger();
     assert!(matches!(join_timeout(t, 5 * SEC), Ok(SessionEnd::Shutdown)));
 }
@@ -666,7 +670,7 @@ fn a_context_reopened_after_s_fmt_keeps_its_output_buffers() {
     rustix::io::pread(&planes[1], &mut b, 0).unwrap();
     assert_eq!(b[0], 6);
     let r = f.result_of(f.sent[1].cookie).unwrap();
-    assert_eq!(r.bytesused[..2], [64 * 48, 64 * 48 / 2]);
+    assert_eq!(r.bytesused[..2], [S * 48, S * 48 / 2]);
     // Two sessions were opened, the first one goes away.
     let start = Instant::now();
     while log.sessions.load(Ordering::SeqCst) != 1 {
@@ -713,7 +717,7 @@ fn held_slices_share_one_capture_buffer() {
     assert_eq!(f.result_of(f.sent[0].cookie).unwrap().bytesused, [0; 4]);
     assert_eq!(f.capture_bytes(c, f.sent[1].capture), (0x31, 0x32));
     let info = f.dev.buffer(c, Queue::Capture, f.sent[1].capture).unwrap();
-    assert_eq!(info.bytesused[0], 64 * 48 * 3 / 2);
+    assert_eq!(info.bytesused[0], S * 48 * 3 / 2);
     sd.trigger();
     assert!(matches!(join_timeout(t, 5 * SEC), Ok(SessionEnd::Shutdown)));
 }

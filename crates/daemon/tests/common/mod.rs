@@ -527,8 +527,9 @@ impl Frontend {
         let mut y = [0u8];
         let mut uv = [0u8];
         rustix::io::pread(fd, &mut y, 0).unwrap();
-        // 64x48 NV12: luma is 64 * 48 bytes.
-        rustix::io::pread(fd, &mut uv, 64 * 48).unwrap();
+        // 64x48 NV12: 48 luma rows, padded to fmt::CAPTURE_ROW_ALIGN.
+        let stride = 64u32.next_multiple_of(decoder_core::fmt::CAPTURE_ROW_ALIGN) as u64;
+        rustix::io::pread(fd, &mut uv, stride * 48).unwrap();
         (y[0], uv[0])
     }
 }
