@@ -774,16 +774,6 @@ impl V4l2Device {
         })
     }
 
-    /// Builds the `v4l2_ext_control` array of a job. `storage` keeps the
-    /// payload copies the pointers point into alive.
-    fn ext_controls(
-        &self,
-        controls: &ControlValues,
-        storage: &mut Vec<Vec<u8>>,
-    ) -> Result<Vec<v4l2_ext_control>> {
-        ext_controls(self.codec, controls, storage)
-    }
-
     fn take_request(&mut self) -> Result<Request> {
         if let Some(r) = self.pool.pop() {
             return Ok(r);
@@ -923,7 +913,7 @@ impl Frontend for V4l2Device {
         plane.bytes_mut()[..bitstream.len()].copy_from_slice(bitstream);
         plane.sync(DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE)?;
         let mut storage = Vec::new();
-        let mut ctrls = self.ext_controls(controls, &mut storage)?;
+        let mut ctrls = ext_controls(self.codec, controls, &mut storage)?;
         let req = self.take_request()?;
         let r = (|| -> Result<()> {
             if let Err(e) = vio::s_ext_ctrls(

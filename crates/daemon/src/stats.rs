@@ -51,14 +51,6 @@ pub fn record_backend(timestamp: u64, took: Duration) {
     }
 }
 
-/// Takes every sample recorded so far, as (timestamp, time in the backend).
-pub fn take() -> Vec<(u64, Duration)> {
-    take_samples()
-        .into_iter()
-        .map(|s| (s.timestamp, s.took))
-        .collect()
-}
-
 /// Takes every sample recorded so far.
 pub fn take_samples() -> Vec<Sample> {
     std::mem::take(&mut *SAMPLES.lock())
