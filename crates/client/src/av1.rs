@@ -740,6 +740,7 @@ impl Av1Parser {
         self.events.push_back(FrameEvent::Decode {
             job: Box::new(job),
             shown: fh.show_frame,
+            slots: self.slot_ts.to_vec(),
         });
         Ok(())
     }

@@ -121,6 +121,11 @@ pub enum FrameEvent {
         job: Box<Job>,
         /// The picture is displayed now.
         shown: bool,
+        /// Timestamps of the pictures in the codec's reference slots once
+        /// this frame is decoded (VP8: last, golden, altref; VP9 and AV1:
+        /// the 8 slots; repeats allowed). No later frame references or
+        /// shows any other picture, so a player may recycle the rest.
+        slots: Vec<u64>,
     },
     /// Display, again or for the first time, the picture that the job with
     /// this timestamp decoded (`show_existing_frame`). No job is queued: the

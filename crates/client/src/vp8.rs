@@ -263,6 +263,7 @@ impl Vp8Parser {
         self.events.push_back(FrameEvent::Decode {
             job: Box::new(job),
             shown: h.show_frame,
+            slots: vec![self.last, self.golden, self.alt],
         });
         Ok(())
     }

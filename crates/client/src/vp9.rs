@@ -563,6 +563,7 @@ impl Vp9Parser {
             self.events.push_back(FrameEvent::Decode {
                 job: Box::new(job),
                 shown: h.show_frame,
+                slots: self.slot_ts.to_vec(),
             });
         }
         Ok(())

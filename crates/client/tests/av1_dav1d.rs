@@ -269,7 +269,7 @@ fn decode(
     };
     while let Some(ev) = parser.next_event().expect("parse") {
         match ev {
-            FrameEvent::Decode { mut job, shown } => {
+            FrameEvent::Decode { mut job, shown, .. } => {
                 damage(out.jobs, &mut job);
                 if gstreamer_payload && to_gstreamer_payload(&mut job) {
                     out.gst_jobs += 1;

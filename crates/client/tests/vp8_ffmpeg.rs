@@ -138,7 +138,7 @@ fn process(file: &Path, size: (u32, u32), ten_bit: bool, decode: bool) -> Decode
     };
     while let Some(ev) = parser.next_event().expect("parse") {
         match ev {
-            FrameEvent::Decode { job, shown } => {
+            FrameEvent::Decode { job, shown, .. } => {
                 out.jobs += 1;
                 assert!(!job.bitstream.is_empty());
                 assert_eq!(

@@ -199,7 +199,7 @@ fn process(file: &Path, ten_bit: bool, decode: bool) -> Decoded {
     };
     while let Some(ev) = parser.next_event().expect("parse") {
         match ev {
-            FrameEvent::Decode { job, shown } => {
+            FrameEvent::Decode { job, shown, .. } => {
                 out.jobs += 1;
                 assert!(!job.bitstream.is_empty());
                 for (id, bytes) in job.controls.iter() {

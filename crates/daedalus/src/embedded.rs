@@ -30,7 +30,7 @@ use decoder_core::state::{
     Which, BUF_FLAG_ERROR, BUF_FLAG_M2M_HOLD_CAPTURE_BUF,
 };
 
-use crate::frontend::{Frontend, Picture};
+use crate::frontend::{Frontend, JobTiming, Picture};
 use crate::shm::SharedPlane;
 
 /// OUTPUT buffers (bitstream) in the pool.
@@ -43,15 +43,17 @@ pub const CAPTURE_BUFFERS: u32 = 32;
 /// than the one it went to sleep with).
 const RECEIVER_TICK: Duration = Duration::from_millis(100);
 
-/// CAPTURE buffers handed to the device at a time: one per OUTPUT buffer
-/// (every job the device can hold has its picture buffer) and one spare.
-/// The rest wait in [`Core::cap_pool`], so that the buffers the decode loop
-/// returned last, still warm in caches and page tables, are reused first
-/// instead of cycling through all [`CAPTURE_BUFFERS`].
-const CAPTURE_IN_DEVICE: usize = OUTPUT_BUFFERS as usize + 1;
+/// CAPTURE buffers handed to the device at a time: the running job's and
+/// one for the next job, which the device dispatches the moment a job
+/// ends (a context runs one job at a time; the receiver thread refills
+/// the spare). The rest wait in [`Core::cap_pool`], so that the buffers the
+/// decode loop returned last, still warm in caches and page tables, are
+/// reused first instead of cycling through all [`CAPTURE_BUFFERS`]: each
+/// buffer touched for the first time costs its pages' faults.
+const CAPTURE_IN_DEVICE: usize = 2;
 
 /// Per-job timing: dispatch instants by job timestamp, finished round trips.
-type Timing = (HashMap<u64, Instant>, Vec<(u64, Duration)>);
+type Timing = (HashMap<u64, Instant>, Vec<JobTiming>);
 
 /// The device and what either thread needs to drive it, under
 /// [`Shared::core`].
@@ -425,7 +427,11 @@ impl Core {
                     if let Some((dispatched, done)) = self.timing.as_mut() {
                         let ts = self.out_ts[index as usize];
                         if let Some(t0) = dispatched.remove(&ts) {
-                            done.push((ts, at.saturating_duration_since(t0)));
+                            done.push(JobTiming {
+                                timestamp: ts,
+                                dispatched: t0,
+                                done: at,
+                            });
                         }
                     }
                 }
@@ -440,7 +446,7 @@ impl Core {
 }
 
 impl Frontend for Embedded {
-    fn take_job_timings(&mut self) -> Vec<(u64, Duration)> {
+    fn take_job_timings(&mut self) -> Vec<JobTiming> {
         self.shared
             .lock()
             .timing

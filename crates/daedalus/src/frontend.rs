@@ -1,7 +1,7 @@
 //! What `daedalus decode` needs from a decoder: the embedded stack
 //! ([`crate::embedded::Embedded`]) or a real V4L2 stateless device.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use decoder_core::ctrl::ControlValues;
@@ -48,9 +48,19 @@ pub trait Frontend {
     /// Waits up to `timeout` for completions; returns CAPTURE buffers
     /// dequeued meanwhile and recycles finished OUTPUT buffers.
     fn poll(&mut self, timeout: Duration) -> Result<Vec<Picture>>;
-    /// Per-job round trips recorded so far (job timestamp, from the job's
-    /// dispatch to the daemon to its result), when timing is on.
-    fn take_job_timings(&mut self) -> Vec<(u64, Duration)> {
+    /// Per-job round trips recorded so far, when timing is on.
+    fn take_job_timings(&mut self) -> Vec<JobTiming> {
         Vec::new()
     }
+}
+
+/// One job's round trip through the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct JobTiming {
+    /// The job's timestamp.
+    pub timestamp: u64,
+    /// When the job's datagram left for the daemon.
+    pub dispatched: Instant,
+    /// When its result arrived.
+    pub done: Instant,
 }

@@ -6,7 +6,7 @@ mod frontend;
 mod output;
 mod shm;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use decoder_core::fmt::{self, PixFormat};
 
 use crate::device::V4l2Device;
 use crate::embedded::Embedded;
-use crate::frontend::{Frontend, Picture};
+use crate::frontend::{Frontend, JobTiming, Picture};
 use crate::output::{pack_visible, FrameMd5};
 
 #[derive(Parser, Debug)]
@@ -123,7 +123,9 @@ enum Source {
 
 /// What the decode loop does next.
 enum Step {
-    Decode(Box<Job>, Display),
+    /// A job, when its picture is displayed, and (frame codecs) the
+    /// pictures in the reference slots once it is decoded.
+    Decode(Box<Job>, Display, Vec<u64>),
     ShowExisting(u64),
 }
 
@@ -139,11 +141,13 @@ impl Source {
         Ok(match self {
             Source::Reorder(p) => p
                 .next_job()?
-                .map(|j| Step::Decode(Box::new(j), Display::Reorder)),
+                .map(|j| Step::Decode(Box::new(j), Display::Reorder, Vec::new())),
             Source::Frames(p) => p.next_event()?.map(|e| match e {
-                FrameEvent::Decode { job, shown } => {
-                    Step::Decode(job, if shown { Display::Now } else { Display::Hidden })
-                }
+                FrameEvent::Decode { job, shown, slots } => Step::Decode(
+                    job,
+                    if shown { Display::Now } else { Display::Hidden },
+                    slots,
+                ),
                 FrameEvent::ShowExisting { timestamp, .. } => Step::ShowExisting(timestamp),
             }),
         })
@@ -234,14 +238,16 @@ struct Player {
     pending: VecDeque<u64>,
     /// Decoded pictures held out of the CAPTURE queue, by timestamp.
     held: BTreeMap<u64, (u32, bool)>,
-    /// Decode order of held pictures (the most recent are kept for
-    /// show-existing frames and reference slots).
-    recent: VecDeque<u64>,
-    keep_recent: usize,
-    /// References of the latest job.
-    refs: HashSet<u64>,
-    /// Jobs submitted whose picture has not come back yet.
-    in_flight: HashSet<u64>,
+    /// Reordering codecs (H.264, HEVC) display through `reorder`; frame
+    /// codecs through `pending`.
+    reorder_mode: bool,
+    /// Frame codecs: every picture in a reference slot after the latest
+    /// job (a later frame may reference it or show it again).
+    slots: HashSet<u64>,
+    /// Jobs submitted whose picture has not come back yet, with the
+    /// pictures each references: those stay out of the CAPTURE queue until
+    /// the job is done, even when later jobs no longer use them.
+    in_flight: HashMap<u64, HashSet<u64>>,
     errors: u64,
 }
 
@@ -256,10 +262,9 @@ impl Player {
                 f.queue_capture(old)?;
             }
         }
-        self.recent.push_back(p.timestamp);
         self.in_flight.remove(&p.timestamp);
         if let Some(info) = self.infos.get(&p.timestamp).copied() {
-            if self.pending.is_empty() && self.reorder_mode() {
+            if self.pending.is_empty() && self.reorder_mode {
                 self.in_reorder.insert(p.timestamp);
                 for (ts, _) in self.reorder.push(p.timestamp, &info, p.index) {
                     self.in_reorder.remove(&ts);
@@ -270,15 +275,11 @@ impl Player {
         Ok(())
     }
 
-    fn reorder_mode(&self) -> bool {
-        self.keep_recent == 0
-    }
-
     /// Frame codecs: display what is due and decoded.
     fn display_due(&mut self, f: &mut dyn Frontend, sink: &mut Sink) -> Result<()> {
         while let Some(&ts) = self.pending.front() {
             if !self.held.contains_key(&ts) {
-                if self.in_flight.contains(&ts) {
+                if self.in_flight.contains_key(&ts) {
                     break;
                 }
                 // Shown again after its buffer was recycled, or never decoded.
@@ -324,17 +325,13 @@ impl Player {
     /// going away (after [`drain`]: nothing is pending or reordering).
     fn forget_buffers(&mut self) {
         self.held.clear();
-        self.recent.clear();
-        self.refs.clear();
+        self.slots.clear();
         self.in_reorder.clear();
         self.infos.clear();
     }
 
     /// Requeues held pictures nobody needs any more.
     fn recycle(&mut self, f: &mut dyn Frontend) -> Result<()> {
-        while self.recent.len() > self.keep_recent {
-            self.recent.pop_front();
-        }
         let waiting: HashSet<u64> = self.pending.iter().copied().collect();
         let free: Vec<u64> = self
             .held
@@ -342,8 +339,8 @@ impl Player {
             .copied()
             .filter(|ts| {
                 !waiting.contains(ts)
-                    && !self.refs.contains(ts)
-                    && !self.recent.contains(ts)
+                    && !self.slots.contains(ts)
+                    && !self.in_flight.values().any(|r| r.contains(ts))
                     && !self.in_reorder.contains(ts)
             })
             .collect();
@@ -369,7 +366,7 @@ fn decode(
     let mut next = source.next().with_context(parse_err)?;
     let first = loop {
         match &next {
-            Some(Step::Decode(job, _)) => break job.clone(),
+            Some(Step::Decode(job, _, _)) => break job.clone(),
             Some(Step::ShowExisting(_)) => next = source.next().with_context(parse_err)?,
             None => bail!("{}: no picture in the stream", input.display()),
         }
@@ -433,14 +430,9 @@ fn decode(
         in_reorder: HashSet::new(),
         pending: VecDeque::new(),
         held: BTreeMap::new(),
-        recent: VecDeque::new(),
-        keep_recent: match source {
-            Source::Reorder(_) => 0,
-            // 8 reference slots and the current picture
-            Source::Frames(_) => 9,
-        },
-        refs: HashSet::new(),
-        in_flight: HashSet::new(),
+        reorder_mode: matches!(source, Source::Reorder(_)),
+        slots: HashSet::new(),
+        in_flight: HashMap::new(),
         errors: 0,
     };
     let progress = std::io::stderr().is_terminal();
@@ -449,7 +441,7 @@ fn decode(
     while let Some(step) = next.take() {
         match step {
             Step::ShowExisting(ts) => player.pending.push_back(ts),
-            Step::Decode(job, display) => {
+            Step::Decode(job, display, slots) => {
                 if !fits(&emb.capture_format(), &job.picture) {
                     // Resolution (or bit depth) change: finish and display
                     // everything decoded so far, then negotiate the new size
@@ -471,7 +463,11 @@ fn decode(
                     }
                 }
                 player.infos.insert(job.timestamp, job.picture);
-                player.in_flight.insert(job.timestamp);
+                player
+                    .in_flight
+                    .entry(job.timestamp)
+                    .or_default()
+                    .extend(reference_set(&job));
                 match display {
                     Display::Now => player.pending.push_back(job.timestamp),
                     Display::Hidden | Display::Reorder => {}
@@ -485,7 +481,9 @@ fn decode(
                         }
                     }
                 }
-                player.refs = reference_set(&job);
+                if !player.reorder_mode {
+                    player.slots = slots.into_iter().collect();
+                }
                 player.recycle(emb.as_mut())?;
                 emb.submit(
                     &job.controls,
@@ -597,19 +595,32 @@ fn drain(emb: &mut Box<dyn Frontend>, player: &mut Player, sink: &mut Sink) -> R
 
 /// Per-job overhead: round trip through the stack minus the backend's
 /// decode call, median and p99.
-fn print_job_stats(
-    round_trips: Vec<(u64, Duration)>,
-    samples: Vec<daedalus_daemon::stats::Sample>,
-) {
-    let mut in_backend: BTreeMap<u64, Duration> = BTreeMap::new();
+fn print_job_stats(round_trips: Vec<JobTiming>, samples: Vec<daedalus_daemon::stats::Sample>) {
+    // Backend calls of each job (several for a multi-slice picture).
+    let mut calls: BTreeMap<u64, (Duration, Instant, Instant)> = BTreeMap::new();
     for s in &samples {
-        *in_backend.entry(s.timestamp).or_default() += s.took;
+        let e = calls
+            .entry(s.timestamp)
+            .or_insert((Duration::ZERO, s.start(), s.end));
+        e.0 += s.took;
+        e.1 = e.1.min(s.start());
+        e.2 = e.2.max(s.end);
     }
-    let over: Vec<Duration> = round_trips
-        .iter()
-        .filter_map(|(ts, rt)| in_backend.get(ts).map(|b| rt.saturating_sub(*b)))
-        .collect();
+    let (mut over, mut to, mut from) = (Vec::new(), Vec::new(), Vec::new());
+    for j in &round_trips {
+        if let Some(&(took, first, last)) = calls.get(&j.timestamp) {
+            over.push(
+                j.done
+                    .saturating_duration_since(j.dispatched)
+                    .saturating_sub(took),
+            );
+            to.push(first.saturating_duration_since(j.dispatched));
+            from.push(j.done.saturating_duration_since(last));
+        }
+    }
     print_quantiles("per-job overhead outside the backend", over);
+    print_quantiles("  from dispatch to the backend call", to);
+    print_quantiles("  from the backend's return to the result", from);
     print_quantiles(
         "path cost between consecutive backend calls",
         daedalus_daemon::stats::gaps(&samples),
