@@ -265,22 +265,81 @@ struct AllocState {
     target: Option<InPlaceTarget>,
     /// Pictures allocated in a CAPTURE buffer so far.
     in_place_allocs: u64,
+    /// Private plane memory of released pictures, for the next ones.
+    pool: Arc<BlockPool>,
+}
+
+/// A heap block of private picture planes.
+struct Block {
+    ptr: ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: a `Block` owns its memory exclusively (no aliasing pointer
+// outlives the picture that used it), so it may be freed or reused on
+// any thread.
+unsafe impl Send for Block {}
+
+impl Block {
+    fn new(layout: std::alloc::Layout) -> Option<Self> {
+        // SAFETY: callers pass a non-zero size; null checked.
+        ptr::NonNull::new(unsafe { std::alloc::alloc(layout) }).map(|ptr| Block { ptr, layout })
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `Block::new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// Released private plane blocks kept for reuse, as dav1d's own picture
+/// pool does: a new heap block per picture is faulted in afresh whenever
+/// the allocator has returned the last one's pages to the kernel.
+#[derive(Default)]
+struct BlockPool {
+    free: parking_lot::Mutex<Vec<Block>>,
+}
+
+/// Blocks a pool keeps: every reference slot plus the pictures in flight.
+const POOL_MAX: usize = 12;
+
+impl BlockPool {
+    fn take(&self, layout: std::alloc::Layout) -> Option<Block> {
+        let mut free = self.free.lock();
+        match free.iter().position(|b| b.layout == layout) {
+            Some(i) => Some(free.swap_remove(i)),
+            None => {
+                // Another size now: the old blocks are of no use.
+                free.clear();
+                drop(free);
+                Block::new(layout)
+            }
+        }
+    }
+
+    fn put(&self, b: Block) {
+        let mut free = self.free.lock();
+        if free.len() < POOL_MAX {
+            free.push(b);
+        }
+    }
 }
 
 /// Memory of one picture, freed by the release callback.
 struct PicMemory {
-    /// Heap block of the private planes (null if none).
-    block: *mut u8,
-    layout: std::alloc::Layout,
+    /// Heap block of the private planes, back to `pool` when released.
+    block: Option<Block>,
+    pool: Arc<BlockPool>,
     /// The CAPTURE buffer the luma plane lives in, kept mapped.
     _keep: Option<Arc<dyn Send + Sync>>,
 }
 
 impl Drop for PicMemory {
     fn drop(&mut self) {
-        if !self.block.is_null() {
-            // SAFETY: allocated in `alloc_picture` with this layout.
-            unsafe { std::alloc::dealloc(self.block, self.layout) };
+        if let Some(b) = self.block.take() {
+            self.pool.put(b);
         }
     }
 }
@@ -340,23 +399,23 @@ unsafe extern "C" fn alloc_picture(pic: *mut ffi::Dav1dPicture, cookie: *mut c_v
     };
     let total = y_size + uv_total;
     let mut mem = PicMemory {
-        block: ptr::null_mut(),
-        layout: std::alloc::Layout::new::<u8>(),
+        block: None,
+        pool: st.pool.clone(),
         _keep: None,
     };
     if total > 0 {
         let Ok(layout) = std::alloc::Layout::from_size_align(total, PICTURE_ALIGNMENT) else {
             return -12; // DAV1D_ERR(ENOMEM)
         };
-        // SAFETY: a non-zero size; null checked.
-        let block = unsafe { std::alloc::alloc(layout) };
-        if block.is_null() {
+        let Some(block) = st.pool.take(layout) else {
             return -12;
-        }
-        mem.block = block;
-        mem.layout = layout;
+        };
+        mem.block = Some(block);
     }
-    let base = mem.block;
+    let base = mem
+        .block
+        .as_ref()
+        .map_or(ptr::null_mut(), |b| b.ptr.as_ptr());
     // SAFETY: offsets within the block just allocated (`total` bytes).
     let at = |off: usize| unsafe { base.add(off) };
     match target {
@@ -482,6 +541,7 @@ impl Dav1dAv1 {
         let alloc = Box::into_raw(Box::new(AllocState {
             target: None,
             in_place_allocs: 0,
+            pool: Arc::default(),
         }));
         s.allocator = ffi::Dav1dPicAllocator {
             cookie: alloc.cast(),
