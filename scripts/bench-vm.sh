@@ -29,25 +29,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# best of 3 wall-clock seconds of a command
-best() {
-    local best="" t0 t1
-    for _ in 1 2 3; do
-        t0=$(date +%s.%N)
-        "$@" >"$work/run.log" 2>&1 || { cat "$work/run.log" >&2; echo fail; return; }
-        t1=$(date +%s.%N)
-        best=$(awk -v a="$t0" -v b="$t1" -v m="$best" 'BEGIN { d = b - a; print (m == "" || d < m) ? d : m }')
-    done
-    echo "$best"
-}
+# shellcheck source=scripts/bench-lib.sh
+. "$root/scripts/bench-lib.sh"
+export BENCH_LOG=$work/run.log
 
 # marginal SHORT LONG CMD...: seconds for the 180 frames LONG has beyond SHORT, CMD's input given
 # as {}: process start-up, probing and device set-up (slow under TCG, and far slower for ffmpeg
 # with its 200 libraries) cancel out.
 marginal() {
     local short=$1 long=$2 a b; shift 2
-    a=$(best "${@//\{\}/$short}")
-    b=$(best "${@//\{\}/$long}")
+    a=$(best 3 "${@//\{\}/$short}")
+    b=$(best 3 "${@//\{\}/$long}")
     if [ "$a" = fail ] || [ "$b" = fail ]; then echo fail; return; fi
     awk -v a="$a" -v b="$b" 'BEGIN { print b - a }'
 }

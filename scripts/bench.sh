@@ -29,36 +29,34 @@ case ${BENCH_PRIO:-auto} in
 esac
 echo "priority: ${prio[*]:-normal}; load average: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs; $threads decode thread(s)"
 
-# best of 3 wall-clock seconds of a command
-best() {
-    local best=""
-    for _ in 1 2 3; do
-        local t0 t1
-        t0=$(date +%s.%N)
-        "${prio[@]}" "$@" >/dev/null 2>&1 || { echo "fail"; return; }
-        t1=$(date +%s.%N)
-        local d; d=$(echo "$t1 - $t0" | bc -l)
-        if [ -z "$best" ] || [ "$(echo "$d < $best" | bc -l)" = 1 ]; then best=$d; fi
-    done
-    echo "$best"
-}
+# shellcheck source=scripts/bench-lib.sh
+. "$root/scripts/bench-lib.sh"
+# Runs of each decoder per codec (the best counts), alternating between the
+# two so that a slow spell of the machine hits both alike.
+runs=${BENCH_RUNS:-5}
+
 status=0
 stats=()
 printf '%-6s %12s %12s %8s\n' codec "direct fps" "daedalus fps" ratio
 for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:libdav1d; do
     IFS=: read -r name file dec <<< "$s"
-    direct=$(best ffmpeg -nostdin -loglevel error -threads "$threads" -c:v "$dec" -i "$dir/$file" -f null -)
-    ours=$(best "$bin" decode "$dir/$file" --threads "$threads")
+    direct="" ours=""
+    for _ in $(seq "$runs"); do
+        direct=$(tmin "$direct" "$(bench_time "${prio[@]}" ffmpeg -nostdin -loglevel error -threads "$threads" -c:v "$dec" -i "$dir/$file" -f null -)")
+        ours=$(tmin "$ours" "$(bench_time "${prio[@]}" "$bin" decode "$dir/$file" --threads "$threads")")
+    done
     if [ "$direct" = fail ]; then
         printf '%-6s %12s\n' "$name" "direct decode FAILED"; status=1; continue
     fi
-    fd=$(echo "$frames / $direct" | bc -l)
+    fd=$(awk -v n="$frames" -v t="$direct" 'BEGIN { print n / t }')
     if [ "$ours" = fail ]; then
         printf '%-6s %12.1f %12s %8s\n' "$name" "$fd" FAILED -; status=1; continue
     fi
-    fo=$(echo "$frames / $ours" | bc -l)
-    printf '%-6s %12.1f %12.1f %8.3f\n' "$name" "$fd" "$fo" "$(echo "$fo / $fd" | bc -l)"
-    stats+=("$name: $("${prio[@]}" "$bin" decode "$dir/$file" --threads "$threads" --job-stats 2>&1 | grep 'per-job overhead')")
+    fo=$(awk -v n="$frames" -v t="$ours" 'BEGIN { print n / t }')
+    printf '%-6s %12.1f %12.1f %8.3f\n' "$name" "$fd" "$fo" "$(awk -v a="$fo" -v b="$fd" 'BEGIN { print a / b }')"
+    for r in 1 2 3; do
+        stats+=("$name, run $r: $("${prio[@]}" "$bin" decode "$dir/$file" --threads "$threads" --job-stats 2>&1 | grep 'per-job overhead')")
+    done
 done
 printf '%s\n' "${stats[@]}"
 exit $status
