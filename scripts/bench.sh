@@ -2,7 +2,8 @@
 # Benchmarks `daedalus decode` (embedded stack) against a direct decode of the
 # same 1080p stream by libavcodec / dav1d (through ffmpeg) with the same
 # thread count, in one run, and prints frames/s and their ratio per codec,
-# then the per-job overhead outside the backend's decode call.
+# then the per-job overhead outside the backend's decode call (the first
+# job of a context, which also waits for the backend session to open, apart).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${CARGO_TARGET_DIR:-$root/target}/release/daedalus
@@ -55,7 +56,8 @@ for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:lib
     fo=$(awk -v n="$frames" -v t="$ours" 'BEGIN { print n / t }')
     printf '%-6s %12.1f %12.1f %8.3f\n' "$name" "$fd" "$fo" "$(awk -v a="$fo" -v b="$fd" 'BEGIN { print a / b }')"
     for r in 1 2 3; do
-        stats+=("$name, run $r: $("${prio[@]}" "$bin" decode "$dir/$file" --threads "$threads" --job-stats 2>&1 | grep 'per-job overhead')")
+        stats+=("$name, run $r: $("${prio[@]}" "$bin" decode "$dir/$file" --threads "$threads" --job-stats 2>&1 |
+            awk '/per-job overhead/ { o = $0 } /first job of each context/ { f = $(NF - 1) " " $NF } END { print o "; first job " f }')")
     done
 done
 printf '%s\n' "${stats[@]}"

@@ -448,7 +448,7 @@ fn decode(
                     // on a new context, as the stateless decoder interface
                     // asks (streams change size at key frames).
                     drain(&mut emb, &mut player, &mut sink)?;
-                    job_timings.extend(emb.take_job_timings());
+                    job_timings.push(emb.take_job_timings());
                     drop(emb);
                     player.forget_buffers();
                     tracing::info!(
@@ -525,7 +525,7 @@ fn decode(
         }
     );
     if job_stats {
-        job_timings.extend(emb.take_job_timings());
+        job_timings.push(emb.take_job_timings());
         print_job_stats(job_timings, daedalus_daemon::stats::take_samples());
     }
     if errors > 0 {
@@ -595,7 +595,10 @@ fn drain(emb: &mut Box<dyn Frontend>, player: &mut Player, sink: &mut Sink) -> R
 
 /// Per-job overhead: round trip through the stack minus the backend's
 /// decode call, median and p99.
-fn print_job_stats(round_trips: Vec<JobTiming>, samples: Vec<daedalus_daemon::stats::Sample>) {
+/// `round_trips` holds one list per frontend (context) in dispatch order:
+/// the first job of a context also waits for the daemon to open its
+/// backend session, a per-context cost reported on its own.
+fn print_job_stats(round_trips: Vec<Vec<JobTiming>>, samples: Vec<daedalus_daemon::stats::Sample>) {
     // Backend calls of each job (several for a multi-slice picture).
     let mut calls: BTreeMap<u64, (Duration, Instant, Instant)> = BTreeMap::new();
     for s in &samples {
@@ -606,14 +609,22 @@ fn print_job_stats(round_trips: Vec<JobTiming>, samples: Vec<daedalus_daemon::st
         e.1 = e.1.min(s.start());
         e.2 = e.2.max(s.end);
     }
-    let (mut over, mut to, mut from) = (Vec::new(), Vec::new(), Vec::new());
-    for j in &round_trips {
-        if let Some(&(took, first, last)) = calls.get(&j.timestamp) {
-            over.push(
-                j.done
-                    .saturating_duration_since(j.dispatched)
-                    .saturating_sub(took),
-            );
+    let (mut over, mut to, mut from, mut first_jobs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ctx in &round_trips {
+        for (i, j) in ctx.iter().enumerate() {
+            let Some(&(took, first, last)) = calls.get(&j.timestamp) else {
+                continue;
+            };
+            let o = j
+                .done
+                .saturating_duration_since(j.dispatched)
+                .saturating_sub(took);
+            if i == 0 {
+                first_jobs.push(o.as_micros().to_string());
+                continue;
+            }
+            over.push(o);
             to.push(first.saturating_duration_since(j.dispatched));
             from.push(j.done.saturating_duration_since(last));
         }
@@ -621,6 +632,10 @@ fn print_job_stats(round_trips: Vec<JobTiming>, samples: Vec<daedalus_daemon::st
     print_quantiles("per-job overhead outside the backend", over);
     print_quantiles("  from dispatch to the backend call", to);
     print_quantiles("  from the backend's return to the result", from);
+    eprintln!(
+        "  first job of each context, which also waits for the backend session to open: {} us",
+        first_jobs.join(", ")
+    );
     print_quantiles(
         "path cost between consecutive backend calls",
         daedalus_daemon::stats::gaps(&samples),
