@@ -189,7 +189,32 @@ pub struct RegisteredBuffer {
     planes: Vec<PlaneMap>,
     /// Distinct dmabufs to sync around CPU access (empty for memfd).
     sync_fds: Vec<OwnedFd>,
+    /// CPU access needs no bracketing (see [`RegisteredBuffer::retainable`]).
+    coherent: bool,
     lock: Mutex<()>,
+}
+
+/// dmabuf exporters whose CPU access needs no cache maintenance on any
+/// architecture: they implement no `begin_cpu_access` / `end_cpu_access`,
+/// so `DMA_BUF_IOCTL_SYNC` does nothing for them (vb2-vmalloc: the kernel
+/// module's buffers, and vivid's or visl's).
+const COHERENT_EXPORTERS: &[&str] = &["videobuf2_vmalloc"];
+
+/// The `exp_name` of a dmabuf's `/proc/<pid>/fdinfo` text.
+pub fn fdinfo_exporter(fdinfo: &str) -> Option<&str> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("exp_name:"))
+        .map(str::trim)
+}
+
+/// True when `fd` is a dmabuf of a [`COHERENT_EXPORTERS`] exporter.
+fn coherent_dmabuf(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    std::fs::read_to_string(path)
+        .ok()
+        .is_some_and(|t| fdinfo_exporter(&t).is_some_and(|e| COHERENT_EXPORTERS.contains(&e)))
 }
 
 /// Size of the memory behind `fd`.
@@ -295,7 +320,7 @@ impl RegisteredBuffer {
             planes.push(map_plane(fd, offset, length, writable)?);
             used[fi] = true;
         }
-        let sync_fds = if reg.memory == DV_MEM_DMABUF {
+        let sync_fds: Vec<OwnedFd> = if reg.memory == DV_MEM_DMABUF {
             fds.into_iter()
                 .zip(used)
                 .filter_map(|(fd, u)| u.then_some(fd))
@@ -304,6 +329,7 @@ impl RegisteredBuffer {
             // The mappings keep the memory; the descriptors are not needed.
             Vec::new()
         };
+        let coherent = sync_fds.iter().all(coherent_dmabuf);
         Ok(RegisteredBuffer {
             queue: reg.queue,
             index: reg.index,
@@ -311,6 +337,7 @@ impl RegisteredBuffer {
             writable,
             planes,
             sync_fds,
+            coherent,
             lock: Mutex::new(()),
         })
     }
@@ -328,6 +355,15 @@ impl RegisteredBuffer {
     /// `DV_MEM_*`.
     pub fn memory(&self) -> u32 {
         self.memory
+    }
+
+    /// True when the CPU may keep reading and writing the buffer's memory
+    /// outside the sync brackets of [`RegisteredBuffer::read`] and
+    /// [`RegisteredBuffer::write`]: a memfd, or a dmabuf whose exporter
+    /// does no CPU cache maintenance. A backend may then keep such a
+    /// CAPTURE buffer as a reference picture after its job.
+    pub fn retainable(&self) -> bool {
+        self.coherent
     }
 
     /// Memory planes.
@@ -569,6 +605,16 @@ mod tests {
     use super::*;
     use decoder_core::proto::{BufPlane, PlaneFmt, DV_QUEUE_OUTPUT};
 
+    #[test]
+    fn exporter_comes_from_fdinfo() {
+        let t = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1061\nsize:\t3133440\ncount:\t2\nexp_name:\tvideobuf2_vmalloc\nname:\t\n";
+        assert_eq!(fdinfo_exporter(t), Some("videobuf2_vmalloc"));
+        assert_eq!(fdinfo_exporter("pos:\t0\nflags:\t02\n"), None);
+        // A memfd has no exporter, and is retainable all the same.
+        let fd = memfd(4096);
+        assert!(!coherent_dmabuf(&fd));
+    }
+
     fn memfd(size: u64) -> OwnedFd {
         let fd = rustix::fs::memfd_create("buf", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, size).unwrap();
@@ -603,6 +649,7 @@ mod tests {
         let check = rustix::io::fcntl_dupfd_cloexec(&fd, 0).unwrap();
         let out =
             RegisteredBuffer::map(&reg(DV_QUEUE_OUTPUT, &[(0, 5000, 100)]), vec![fd]).unwrap();
+        assert!(out.retainable());
         let r = out.read().unwrap();
         assert_eq!(r.bitstream(9).unwrap(), b"bitstream");
         assert!(r.bitstream(101).is_err());

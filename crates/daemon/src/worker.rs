@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use decoder_core::ctrl::{Codec, ControlValues};
-use decoder_core::proto::DV_MEM_MEMFD;
 use parking_lot::{Condvar, Mutex};
 use rustix::io::Errno;
 
@@ -323,16 +322,16 @@ fn decode_one(
         flags: job.flags,
         references: &job.references,
     };
-    // A memfd CAPTURE buffer stays mapped as long as its `RegisteredBuffer`
+    // A CAPTURE buffer stays mapped as long as its `RegisteredBuffer`
     // lives: the backend may decode into it and keep it as a reference
-    // picture. (A dmabuf is not offered: its CPU access must be bracketed
-    // by syncs, which a later job's reference reads would not be.)
-    let retain = (job.capture.memory() == DV_MEM_MEMFD).then(|| {
+    // picture, if later reads need no sync bracketing (memfd, coherent
+    // dmabuf exporter); other dmabufs are not offered.
+    let retain = job.capture.retainable().then(|| {
         let keep: Arc<dyn Send + Sync> = job.capture.clone();
         // SAFETY: `target`'s planes are slices of the mappings
         // `job.capture` owns, which are unmapped only when the buffer is
-        // dropped, i.e. after the last clone of `keep`; memfd memory needs
-        // no access bracketing.
+        // dropped, i.e. after the last clone of `keep`; `retainable` means
+        // the memory needs no access bracketing.
         unsafe { CaptureRetain::new(keep, &target) }
     });
     let started = crate::stats::enabled().then(std::time::Instant::now);

@@ -86,6 +86,8 @@ fn dmabuf_planes_are_sized_mapped_and_synced() {
     assert_eq!(&got[4096..4096 + 8], &[0; 8]);
     assert!(got[4104..4104 + 4000].iter().all(|b| *b == 0x22));
     assert!(got[4104 + 4000..].iter().all(|b| *b == 0));
+    // udmabuf syncs caches in begin/end_cpu_access: never retained.
+    assert!(!cap.retainable());
     // Access works again after the previous one ended.
     drop(cap.write().unwrap());
     drop(cap.read().unwrap());
