@@ -13,24 +13,6 @@ bin=$target/release/daedalus
 [ -x "$bin" ] || { echo "missing $bin"; exit 1; }
 ffmpeg -v error -f lavfi -i testsrc2=size=176x144:rate=25 -frames:v 50 -pix_fmt yuv420p -c:v libx264 "$work/long.h264"
 
-# gone PID: waits up to 1 s for PID to exit (zombie or reaped); prints the time it took.
-gone() {
-    local pid=$1 t0 t1 st
-    t0=$(date +%s%N)
-    for _ in $(seq 100); do
-        st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo gone)
-        if [ "$st" = Z ] || [ "$st" = gone ]; then
-            t1=$(date +%s%N)
-            echo "client $pid gone after $(((t1 - t0) / 1000000)) ms"
-            return 0
-        fi
-        sleep 0.01
-    done
-    echo "client $pid still there after 1 s (state $st)"
-    cat "/proc/$pid/stack" 2>/dev/null || true
-    return 1
-}
-
 
 run() {
     local order=$1 client

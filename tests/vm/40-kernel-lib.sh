@@ -111,3 +111,23 @@ dav1d_crashed() {
     fi
     return 0
 }
+
+# gone PID [SECONDS]: waits up to SECONDS (default 1) for PID to exit (zombie or reaped); prints
+# the time it took in ms ($gone_ms), or the task's kernel stack when it did not.
+gone() {
+    local pid=$1 limit=${2:-1} t0 t1 st
+    t0=$(date +%s%N)
+    for _ in $(seq $((limit * 100))); do
+        st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo gone)
+        if [ "$st" = Z ] || [ "$st" = gone ]; then
+            t1=$(date +%s%N)
+            gone_ms=$(((t1 - t0) / 1000000))
+            echo "client $pid gone after $gone_ms ms"
+            return 0
+        fi
+        sleep 0.01
+    done
+    echo "client $pid still there after $limit s (state $st)"
+    cat "/proc/$pid/stack" 2>/dev/null || true
+    return 1
+}

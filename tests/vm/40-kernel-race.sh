@@ -29,15 +29,11 @@ for i in $(seq 30); do
     kill -KILL "$daemon"
     wait "$daemon" 2>/dev/null || true
     daemon=
-    t0=$(date +%s%N)
-    for _ in $(seq 3000); do [ -e "/proc/$client" ] && [ "$(awk '{print $3}' "/proc/$client/stat" 2>/dev/null)" != Z ] || break; sleep 0.01; done
-    if [ -e "/proc/$client" ] && [ "$(awk '{print $3}' "/proc/$client/stat" 2>/dev/null)" != Z ]; then
+    if ! gone "$client" 30 >/dev/null; then
         echo "round $i: client still running 30 s after the daemon died"; cat "/proc/$client/stack" 2>/dev/null || true
         kill -KILL "$client"; exit 1
     fi
-    t1=$(date +%s%N)
-    ms=$(((t1 - t0) / 1000000))
-    [ "$ms" -gt "$slowest" ] && slowest=$ms
+    [ "$gone_ms" -gt "$slowest" ] && slowest=$gone_ms
     status=0
     wait "$client" || status=$?
     [ "$status" -ne 0 ] && killed_mid=$((killed_mid + 1))
