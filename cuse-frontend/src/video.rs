@@ -887,9 +887,6 @@ impl VideoNode {
     ) -> IoResult {
         let index = a.buf.index;
         let n = info.num_planes as usize;
-        if q == Queue::Output && request.is_none() && g.dev.config().requests_required {
-            return Err(Errno(libc::EBADR));
-        }
         let mut bytesused = [0u32; 4];
         let mut got = Vec::with_capacity(n);
         for (i, p) in a.planes.iter().enumerate().take(n) {
@@ -1325,9 +1322,8 @@ impl VideoIoctls for VideoNode {
         } else {
             None
         };
-        if info.state != BufState::Dequeued {
-            return Err(EINVAL);
-        }
+        // vb2's order: buffer and request checks before the planes' memory.
+        g.dev.qbuf_check(ctx, q, index, memory, request)?;
         if memory == Memory::Dmabuf {
             return self.qbuf_dmabuf(g, c, q, ctx, info, request, a);
         }
@@ -1350,9 +1346,6 @@ impl VideoIoctls for VideoNode {
                 return Err(EINVAL);
             }
             *used = p.bytesused.min(len);
-        }
-        if q == Queue::Output && request.is_none() && g.dev.config().requests_required {
-            return Err(Errno(libc::EBADR));
         }
         // Shadow planes, then the bitstream copied in.
         {

@@ -914,18 +914,25 @@ impl Device {
         })
     }
 
-    /// QBUF.
-    pub fn qbuf(
-        &mut self,
+    /// What [`Device::qbuf`] would refuse before looking at the planes'
+    /// contents: unknown context or index, another memory type, a buffer
+    /// not dequeued, a missing (with [`Config::requests_required`]) or
+    /// misplaced request, a request that is not idle or of another
+    /// context. Changes nothing: a frontend calls it before work with side
+    /// effects (fetching client memory, duplicating fds).
+    pub fn qbuf_check(
+        &self,
         ctx: CtxId,
         q: Queue,
         index: u32,
         memory: Memory,
-        args: QbufArgs,
-        now: Nanos,
+        request: Option<ReqId>,
     ) -> Result<(), BufError> {
-        let c = self.contexts.get_mut(&ctx).ok_or(BufError::NoContext)?;
-        let qs = queue_mut(c, q);
+        let c = self.contexts.get(&ctx).ok_or(BufError::NoContext)?;
+        let qs = match q {
+            Queue::Output => &c.out,
+            Queue::Capture => &c.cap,
+        };
         let b = qs
             .bufs
             .get(index as usize)
@@ -937,25 +944,14 @@ impl Device {
             return Err(BufError::Invalid("buffer already queued"));
         }
         // vb2: OUTPUT may require requests, CAPTURE does not support them.
-        match (q, args.request) {
+        match (q, request) {
             (Queue::Output, None) if self.cfg.requests_required => {
                 return Err(BufError::BadRequest)
             }
             (Queue::Capture, Some(_)) => return Err(BufError::CaptureRequest),
             _ => {}
         }
-        let n = b.info.num_planes as usize;
-        let mut used = [0u32; 4];
-        if q == Queue::Output {
-            let planes = args.bytesused.iter().zip(b.info.length.iter());
-            for ((u, len), out) in planes.zip(used.iter_mut()).take(n) {
-                if u > len {
-                    return Err(BufError::Invalid("bytesused larger than the plane"));
-                }
-                *out = if *u == 0 { *len } else { *u };
-            }
-        }
-        if let Some(r) = args.request {
+        if let Some(r) = request {
             let req = self
                 .requests
                 .get(&r)
@@ -967,9 +963,34 @@ impl Device {
                 return Err(BufError::Invalid("request belongs to another context"));
             }
         }
-        let c = self.contexts.get_mut(&ctx).expect("checked above");
+        Ok(())
+    }
+
+    /// QBUF.
+    pub fn qbuf(
+        &mut self,
+        ctx: CtxId,
+        q: Queue,
+        index: u32,
+        memory: Memory,
+        args: QbufArgs,
+        now: Nanos,
+    ) -> Result<(), BufError> {
+        self.qbuf_check(ctx, q, index, memory, args.request)?;
+        let c = self.contexts.get_mut(&ctx).expect("checked");
         let qs = queue_mut(c, q);
         let b = &mut qs.bufs[index as usize];
+        let n = b.info.num_planes as usize;
+        let mut used = [0u32; 4];
+        if q == Queue::Output {
+            let planes = args.bytesused.iter().zip(b.info.length.iter());
+            for ((u, len), out) in planes.zip(used.iter_mut()).take(n) {
+                if u > len {
+                    return Err(BufError::Invalid("bytesused larger than the plane"));
+                }
+                *out = if *u == 0 { *len } else { *u };
+            }
+        }
         b.info.bytesused = used;
         if q == Queue::Output {
             b.info.timestamp = args.timestamp;
