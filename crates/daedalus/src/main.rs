@@ -252,6 +252,20 @@ struct Player {
 }
 
 impl Player {
+    fn new(reorder_mode: bool) -> Self {
+        Player {
+            infos: BTreeMap::new(),
+            reorder: DisplayQueue::new(),
+            in_reorder: HashSet::new(),
+            pending: VecDeque::new(),
+            held: BTreeMap::new(),
+            reorder_mode,
+            slots: HashSet::new(),
+            in_flight: HashMap::new(),
+            errors: 0,
+        }
+    }
+
     fn picture_done(&mut self, f: &mut dyn Frontend, sink: &mut Sink, p: Picture) -> Result<()> {
         if p.error {
             self.errors += 1;
@@ -424,17 +438,7 @@ fn decode(
     for i in 0..emb.capture_count() {
         emb.queue_capture(i)?;
     }
-    let mut player = Player {
-        infos: BTreeMap::new(),
-        reorder: DisplayQueue::new(),
-        in_reorder: HashSet::new(),
-        pending: VecDeque::new(),
-        held: BTreeMap::new(),
-        reorder_mode: matches!(source, Source::Reorder(_)),
-        slots: HashSet::new(),
-        in_flight: HashMap::new(),
-        errors: 0,
-    };
+    let mut player = Player::new(matches!(source, Source::Reorder(_)));
     let progress = std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_progress = Instant::now();
@@ -679,4 +683,66 @@ fn reference_set(job: &Job) -> HashSet<u64> {
         }
     }
     set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use decoder_core::fmt::PixFormat;
+
+    /// Records the CAPTURE buffers handed back to the decoder.
+    #[derive(Default)]
+    struct Requeued(Vec<u32>);
+
+    impl Frontend for Requeued {
+        fn capture_format(&self) -> PixFormat {
+            unimplemented!()
+        }
+        fn capture_count(&self) -> u32 {
+            8
+        }
+        fn capture_planes(&self, _: u32) -> Vec<&[u8]> {
+            unimplemented!()
+        }
+        fn queue_capture(&mut self, index: u32) -> Result<()> {
+            self.0.push(index);
+            Ok(())
+        }
+        fn can_submit(&self) -> bool {
+            true
+        }
+        fn submit(&mut self, _: &ControlValues, _: &[u8], _: u64, _: bool) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn outputs_in_flight(&self) -> usize {
+            0
+        }
+        fn poll(&mut self, _: Duration) -> Result<Vec<Picture>> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn recycling_spares_what_in_flight_jobs_and_reference_slots_hold() {
+        let mut p = Player::new(false);
+        let mut f = Requeued::default();
+        // Pictures 1..=4 decoded (buffers 11..=14), all displayed.
+        for ts in 1..=4 {
+            p.held.insert(ts, (10 + ts as u32, false));
+        }
+        // Job 5 (queued, not decoded yet) references 1; job 6, the latest,
+        // references only 2; the slots after job 6 hold 2 and 3.
+        p.in_flight.insert(5, HashSet::from([1]));
+        p.in_flight.insert(6, HashSet::from([2]));
+        p.slots = HashSet::from([2, 3]);
+        p.recycle(&mut f).unwrap();
+        assert_eq!(f.0, [14], "only picture 4 is free");
+        // Job 5 done: picture 1 is free too.
+        p.in_flight.remove(&5);
+        p.recycle(&mut f).unwrap();
+        assert_eq!(f.0, [14, 11]);
+    }
 }

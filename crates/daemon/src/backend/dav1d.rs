@@ -1309,12 +1309,7 @@ impl Backend for Dav1dAv1 {
         job: &JobInput<'_>,
         out: &mut CaptureTarget<'_>,
     ) -> Result<DecodeOutcome, DecodeError> {
-        if job.codec != Codec::Av1 {
-            return Err(DecodeError::Unsupported(format!(
-                "{:?} job on the dav1d AV1 backend",
-                job.codec
-            )));
-        }
+        job.expect_codec(Codec::Av1)?;
         if job.flags.more_slices || job.flags.continues_picture {
             return Err(DecodeError::Unsupported(
                 "AV1 frames come whole (no held CAPTURE buffers)".into(),

@@ -861,12 +861,7 @@ impl Backend for FfmpegH264 {
         job: &JobInput<'_>,
         out: &mut CaptureTarget<'_>,
     ) -> Result<DecodeOutcome, DecodeError> {
-        if job.codec != Codec::H264 {
-            return Err(DecodeError::InvalidControls(format!(
-                "{:?} job on an H.264 session",
-                job.codec
-            )));
-        }
+        job.expect_codec(Codec::H264)?;
         // A new picture while slices of another are held: the held picture
         // was never completed; drop its slices.
         if !job.flags.continues_picture || self.pending_ts != Some(job.timestamp) {
@@ -1384,12 +1379,7 @@ impl Backend for FfmpegVpx {
         job: &JobInput<'_>,
         out: &mut CaptureTarget<'_>,
     ) -> Result<DecodeOutcome, DecodeError> {
-        if job.codec != self.codec {
-            return Err(DecodeError::InvalidControls(format!(
-                "{:?} job on a {:?} session",
-                job.codec, self.codec
-            )));
-        }
+        job.expect_codec(self.codec)?;
         if job.flags.more_slices || job.flags.continues_picture {
             return Err(DecodeError::InvalidControls(
                 "VP8/VP9 jobs carry whole frames (no held CAPTURE buffers)".into(),
@@ -1682,12 +1672,7 @@ impl Backend for FfmpegHevc {
         job: &JobInput<'_>,
         out: &mut CaptureTarget<'_>,
     ) -> Result<DecodeOutcome, DecodeError> {
-        if job.codec != Codec::Hevc {
-            return Err(DecodeError::InvalidControls(format!(
-                "{:?} job on an HEVC session",
-                job.codec
-            )));
-        }
+        job.expect_codec(Codec::Hevc)?;
         out.check()?;
         if !job.flags.continues_picture || self.pending_ts != Some(job.timestamp) {
             if job.flags.continues_picture {

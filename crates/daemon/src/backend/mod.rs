@@ -54,6 +54,21 @@ pub struct JobInput<'a> {
     pub references: &'a [u64],
 }
 
+impl JobInput<'_> {
+    /// The check every backend makes first: the job is of the session's
+    /// codec (else `InvalidControls`, the session unchanged).
+    pub fn expect_codec(&self, session: Codec) -> Result<(), DecodeError> {
+        if self.codec == session {
+            Ok(())
+        } else {
+            Err(DecodeError::InvalidControls(format!(
+                "{:?} job on a {:?} session",
+                self.codec, session
+            )))
+        }
+    }
+}
+
 /// Decoded pixel layouts a backend can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureFormat {

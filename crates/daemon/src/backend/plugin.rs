@@ -1014,12 +1014,7 @@ impl Backend for PluginBackend {
         job: &JobInput<'_>,
         out: &mut CaptureTarget<'_>,
     ) -> Result<DecodeOutcome, DecodeError> {
-        if job.codec != self.codec {
-            return Err(DecodeError::InvalidControls(format!(
-                "{:?} job on a {:?} session",
-                job.codec, self.codec
-            )));
-        }
+        job.expect_codec(self.codec)?;
         out.check()?;
         let layout = SessionLayout::of(out);
         if self.session.map(|s| s.1) != Some(layout) {
