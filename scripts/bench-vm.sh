@@ -76,7 +76,8 @@ wait_for test -e /dev/video9 || { cat "$work/cuse.log"; echo "no /dev/video9"; e
 
 # start_daemon [--job-stats FILE] ENDPOINT-ARGS...: a one-thread daemon in the background ($dpid)
 start_daemon() {
-    "$daemon_bin" --threads 1 "$@" >>"$work/daemon.log" 2>&1 &
+    # shellcheck disable=SC2086 # BENCH_VM_DAEMON_ARGS: extra daemon arguments, split on spaces
+    "$daemon_bin" --threads 1 ${BENCH_VM_DAEMON_ARGS:-} "$@" >>"$work/daemon.log" 2>&1 &
     dpid=$!
     pids+=("$dpid")
     sleep 1

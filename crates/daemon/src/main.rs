@@ -25,7 +25,7 @@ use daedalus_daemon::transport::{SeqPacket, Shutdown, Transport};
 
 const USAGE: &str =
     "usage: daedalus-daemon (--connect PATH | --bridge DEV) [--once] [--threads N] [--plugin LIB]
-                       [--job-stats PATH]
+                       [--job-stats PATH] [--idle-watch-us N]
 
   --connect PATH  unix SOCK_SEQPACKET socket of the frontend
   --bridge DEV    the kernel module's bridge device (/dev/daedalus-bridge)
@@ -36,6 +36,9 @@ const USAGE: &str =
   --job-stats PATH
                   on exit, write 'TIMESTAMP_NS START_US BACKEND_US' per decoded
                   job (start relative to the first job's)
+  --idle-watch-us N
+                  an idle context worker watches its queue N us (yielding
+                  the CPU) before it sleeps (default 250; 0: sleep at once)
 
 Logging: RUST_LOG (default info).";
 
@@ -70,6 +73,7 @@ struct Args {
     threads: Option<usize>,
     plugin: Option<PathBuf>,
     job_stats: Option<PathBuf>,
+    idle_watch_us: Option<u64>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -78,6 +82,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut threads = None;
     let mut plugin = None;
     let mut job_stats = None;
+    let mut idle_watch_us = None;
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -107,6 +112,16 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--plugin" => plugin = Some(PathBuf::from(value("--plugin")?)),
             "--job-stats" => job_stats = Some(PathBuf::from(value("--job-stats")?)),
+            "--idle-watch-us" => {
+                let v = value("--idle-watch-us")?;
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--idle-watch-us: not a number: {v}"))?;
+                if n > 100_000 {
+                    return Err("--idle-watch-us: at most 100000".into());
+                }
+                idle_watch_us = Some(n);
+            }
             "--once" => once = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -118,6 +133,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         threads,
         plugin,
         job_stats,
+        idle_watch_us,
     })
 }
 
@@ -166,6 +182,9 @@ fn main() -> ExitCode {
     let mut cfg = ServerConfig::default();
     if let Some(n) = args.threads {
         cfg.threads = n;
+    }
+    if let Some(us) = args.idle_watch_us {
+        cfg.idle_watch = std::time::Duration::from_micros(us);
     }
     if let Some(path) = &args.plugin {
         match daedalus_daemon::backend::plugin::PluginLibrary::load(path) {
@@ -279,6 +298,10 @@ mod tests {
         assert!(parse(&["--connect"]).is_err());
         assert!(parse(&["--connect", "x", "--threads", "0"]).is_err());
         assert!(parse(&["--connect", "x", "--bogus"]).is_err());
+        let w = parse(&["--connect", "x", "--idle-watch-us", "0"]).unwrap();
+        assert_eq!(w.idle_watch_us, Some(0));
+        assert!(parse(&["--connect", "x", "--idle-watch-us", "1000000"]).is_err());
+        assert!(parse(&["--connect", "x", "--idle-watch-us", "-1"]).is_err());
         assert_eq!(parse(&["--help"]).unwrap_err(), "");
     }
 }

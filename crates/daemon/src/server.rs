@@ -83,6 +83,11 @@ pub const MAX_CONTEXTS: usize = 1024;
 /// Buffer indexes accepted per queue (V4L2 queues hold far fewer).
 pub const MAX_BUFFER_INDEX: u32 = 256;
 
+/// Default [`ServerConfig::idle_watch`]: a context's next job usually
+/// comes one frontend round trip after its last result, well within it,
+/// while waking a sleeping thread costs tens of µs on a virtual CPU.
+pub const DEFAULT_IDLE_WATCH: Duration = Duration::from_micros(250);
+
 /// Configuration of a [`Server`].
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -93,6 +98,10 @@ pub struct ServerConfig {
     /// How long closing a connection waits for running jobs to end before
     /// leaving their threads behind.
     pub close_timeout: Duration,
+    /// How long an idle context worker watches its queue (yielding the
+    /// CPU) before it sleeps; zero sleeps at once. A job that arrives
+    /// meanwhile starts without a thread wake-up.
+    pub idle_watch: Duration,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -100,17 +109,20 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("threads", &self.threads)
             .field("close_timeout", &self.close_timeout)
+            .field("idle_watch", &self.idle_watch)
             .finish_non_exhaustive()
     }
 }
 
 impl Default for ServerConfig {
-    /// One decode per core, the built-in backends, 5 s close timeout.
+    /// One decode per core, the built-in backends, 5 s close timeout,
+    /// [`DEFAULT_IDLE_WATCH`].
     fn default() -> Self {
         ServerConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             backends: Arc::new(backend::open),
             close_timeout: Duration::from_secs(5),
+            idle_watch: DEFAULT_IDLE_WATCH,
         }
     }
 }
@@ -452,6 +464,7 @@ impl Session<'_> {
             factory: self.cfg.backends.clone(),
             permits: self.permits.clone(),
             out: self.out.clone(),
+            idle_watch: self.cfg.idle_watch,
         };
         let worker = std::thread::Builder::new()
             .name(format!("dv-ctx-{}", o.ctx_id))

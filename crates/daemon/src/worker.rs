@@ -107,12 +107,6 @@ pub(crate) struct CtxQueue {
     stirred: AtomicBool,
 }
 
-/// How long an idle worker keeps watching its queue, yielding the CPU,
-/// before it sleeps. Its next job usually comes one frontend round trip
-/// after its last result; catching it awake saves a wake-up of a sleeping
-/// CPU, which costs tens of µs in a virtual machine, on every job.
-const IDLE_WATCH: std::time::Duration = std::time::Duration::from_micros(250);
-
 /// What a cancel found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CancelOutcome {
@@ -185,10 +179,13 @@ impl CtxQueue {
         }
     }
 
-    fn next(&self) -> Option<PendingJob> {
+    /// The next job, or `None` once closed. With the queue empty, the
+    /// worker first watches it for `idle_watch` (yielding the CPU: whoever
+    /// brings the job may be waiting for it), then sleeps.
+    fn next(&self, idle_watch: std::time::Duration) -> Option<PendingJob> {
         let mut q = self.q.lock();
         q.running = None;
-        let mut watched = false;
+        let mut watched = idle_watch.is_zero();
         loop {
             if q.closing {
                 return None;
@@ -203,9 +200,8 @@ impl CtxQueue {
             } else {
                 watched = true;
                 drop(q);
-                let until = std::time::Instant::now() + IDLE_WATCH;
+                let until = std::time::Instant::now() + idle_watch;
                 while !self.stirred.load(Ordering::Acquire) && std::time::Instant::now() < until {
-                    // Whoever brings the job may be waiting for this CPU.
                     std::thread::yield_now();
                 }
                 q = self.q.lock();
@@ -225,6 +221,7 @@ pub(crate) struct WorkerArgs {
     pub factory: BackendFactory,
     pub permits: Arc<Semaphore>,
     pub out: Arc<Outbox>,
+    pub idle_watch: std::time::Duration,
 }
 
 /// The worker thread's body.
@@ -251,7 +248,7 @@ pub(crate) fn run(a: WorkerArgs) {
             Err(Errno::IO.raw_os_error())
         }
     };
-    while let Some(job) = a.queue.next() {
+    while let Some(job) = a.queue.next(a.idle_watch) {
         let work = match &job.work {
             Ok(w) => w,
             Err(errno) => {
@@ -352,6 +349,44 @@ fn decode_one(
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    fn job(out: &Arc<Outbox>, cookie: u64) -> PendingJob {
+        PendingJob {
+            reply: Reply::new(out.clone(), 1, cookie),
+            cancelled: Arc::new(AtomicBool::new(false)),
+            work: Err(Errno::IO.raw_os_error()),
+        }
+    }
+
+    #[test]
+    fn an_idle_worker_gets_jobs_and_the_close_whether_watching_or_asleep() {
+        let (a, _b) = crate::transport::SeqPacket::pair().unwrap();
+        let out = Arc::new(Outbox::new(
+            Arc::new(a),
+            crate::transport::Shutdown::new().unwrap(),
+        ));
+        let ms = std::time::Duration::from_millis;
+        // Pushed during the watch, after it (asleep), and a close in each.
+        for (watch, delay) in [(ms(200), ms(20)), (ms(1), ms(50)), (ms(0), ms(20))] {
+            let q = CtxQueue::new();
+            let q2 = q.clone();
+            let t = std::thread::spawn(move || {
+                q2.next(watch).map(|j| {
+                    let c = j.reply.cookie();
+                    j.reply.error(Errno::IO.raw_os_error());
+                    c
+                })
+            });
+            std::thread::sleep(delay);
+            q.push(job(&out, 7));
+            assert_eq!(t.join().unwrap(), Some(7), "watch {watch:?}");
+            let q2 = q.clone();
+            let t = std::thread::spawn(move || q2.next(watch).is_none());
+            std::thread::sleep(delay);
+            q.close();
+            assert!(t.join().unwrap(), "watch {watch:?}: closed");
+        }
+    }
 
     #[test]
     fn semaphore_bounds_concurrency() {

@@ -40,6 +40,7 @@ fn spawn() -> (
         threads: 2,
         backends: plugin::factory(lib, common::factory(log.clone(), Duration::ZERO)),
         close_timeout: 10 * SEC,
+        ..ServerConfig::default()
     });
     let (d, f) = SeqPacket::pair().unwrap();
     let shutdown = Shutdown::new().unwrap();
@@ -157,6 +158,7 @@ fn codecs_the_plugin_lacks_go_to_the_fallback() {
         threads: 2,
         backends: plugin::factory(lib, fallback),
         close_timeout: 10 * SEC,
+        ..ServerConfig::default()
     });
     let (d, sock) = SeqPacket::pair().unwrap();
     let sd = Shutdown::new().unwrap();

@@ -604,9 +604,11 @@ fn a_device_sees_the_daemon_go_away_on_garbage() {
 fn embedded_daemon_serves_and_stops() {
     use daedalus_daemon::server::{EmbeddedDaemon, ServerConfig};
     let log = std::sync::Arc::new(Log::default());
+    // Workers sleep at once when idle (the other tests watch first).
     let cfg = ServerConfig {
         threads: 1,
         backends: factory(log.clone(), Duration::ZERO),
+        idle_watch: Duration::ZERO,
         ..ServerConfig::default()
     };
     let (d, sock) = EmbeddedDaemon::spawn(cfg).unwrap();

@@ -143,6 +143,7 @@ pub fn spawn_server(
         threads,
         backends: factory(log.clone(), slow),
         close_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
     });
     let (d, f) = SeqPacket::pair().unwrap();
     let shutdown = Shutdown::new().unwrap();
