@@ -61,12 +61,12 @@ for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:lib
     done
 done
 printf '%s\n' "${stats[@]}"
-# The machine's own cost of the two thread wake-ups every job crosses, for
-# comparison with the overhead above.
+# What two thread wake-ups cost on this machine right now (a job crosses
+# two hand-offs), for reading the overhead above.
 floor=${CARGO_TARGET_DIR:-$root/target}/release/examples/wake_floor
 if [ -x "$floor" ]; then
     "${prio[@]}" "$floor"
 else
-    echo "wake-up floor: $floor not built (cargo build --release -p daedalus-daemon --example wake_floor)"
+    echo "wake-ups: $floor not built (cargo build --release -p daedalus-daemon --example wake_floor)"
 fi
 exit $status

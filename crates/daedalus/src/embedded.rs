@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use daedalus_daemon::affinity;
 use daedalus_daemon::server::{Server, ServerConfig};
 use daedalus_daemon::transport::{SeqPacket, Shutdown, Transport, TransportError};
 use decoder_core::ctrl::ControlValues;
@@ -51,6 +52,38 @@ const RECEIVER_TICK: Duration = Duration::from_millis(100);
 /// reused first instead of cycling through all [`CAPTURE_BUFFERS`]: each
 /// buffer touched for the first time costs its pages' faults.
 const CAPTURE_IN_DEVICE: usize = 2;
+
+/// Where the threads of a one-thread decode run: every job goes frontend
+/// receiver -> daemon reader -> context worker -> frontend receiver, each
+/// handing it to the next and then waiting, so the three never run at the
+/// same time and share one CPU (`jobs`); every hand-off is then a wake-up
+/// on a CPU that is awake, instead of on an idle one, which on a virtual
+/// CPU costs tens of µs per job (`examples/wake_floor`). The player
+/// (parsing the next jobs, display) runs on the other CPUs, at the same
+/// time as the decode.
+#[derive(Debug, Clone)]
+struct Placement {
+    jobs: Vec<usize>,
+    player: Vec<usize>,
+}
+
+impl Placement {
+    /// With one decoding thread and at least two CPUs allowed: the last
+    /// allowed CPU for the job path, the others for the player. With more
+    /// decoding threads (the backends' own threads inherit the worker's
+    /// CPUs) or a single CPU, the scheduler places everything.
+    fn choose(threads: usize) -> Option<Self> {
+        if threads != 1 {
+            return None;
+        }
+        let mut cpus = affinity::allowed().ok()?;
+        let last = cpus.pop()?;
+        (!cpus.is_empty()).then(|| Placement {
+            jobs: vec![last],
+            player: cpus,
+        })
+    }
+}
 
 /// Per-job timing: dispatch instants by job timestamp, finished round trips.
 type Timing = (HashMap<u64, Instant>, Vec<JobTiming>);
@@ -124,8 +157,10 @@ impl Embedded {
     ) -> Result<Self> {
         let (front, back) = SeqPacket::pair().context("socketpair")?;
         let shutdown = Shutdown::new()?;
+        let placement = Placement::choose(threads);
         let server = Server::new(ServerConfig {
             threads: threads.max(1),
+            cpus: placement.as_ref().map(|p| p.jobs.clone()),
             ..ServerConfig::default()
         });
         let back: Arc<dyn Transport> = Arc::new(back);
@@ -215,11 +250,25 @@ impl Embedded {
             core.flush_tx();
         }
         // Started once the link is up: the receiver ends when it is down.
+        let rx_cpus = placement.as_ref().map(|p| p.jobs.clone());
         this.receiver = Some(
             std::thread::Builder::new()
                 .name("daedalus-rx".into())
-                .spawn(move || receiver(&shared, &link, &shutdown))?,
+                .spawn(move || {
+                    if let Some(cpus) = rx_cpus {
+                        if let Err(e) = affinity::confine(&cpus) {
+                            tracing::warn!("cannot confine the receiver to CPUs {cpus:?}: {e}");
+                        }
+                    }
+                    receiver(&shared, &link, &shutdown)
+                })?,
         );
+        if let Some(p) = &placement {
+            // The caller (the player: parsing, display) runs beside them.
+            if let Err(e) = affinity::confine(&p.player) {
+                tracing::warn!("cannot confine the player to CPUs {:?}: {e}", p.player);
+            }
+        }
         let mut core = this.shared.lock();
         while !matches!(core.dev.link(), Link::Attached { .. }) {
             if core.dev.link() == Link::Detached {

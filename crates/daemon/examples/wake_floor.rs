@@ -1,10 +1,10 @@
-//! The machine's floor for the per-job overhead of `just bench`: the
-//! round-trip time of a datagram between two threads over a unix
-//! `SOCK_SEQPACKET` socketpair, each waiting in `poll`, when the sender has
-//! been busy for a while (as a decoding worker is) and the receiver asleep.
-//! A job of the embedded stack crosses at least two such wake-ups (the
-//! result to the frontend, the next job to the daemon), so its overhead
-//! outside the backend cannot be lower than this on the same machine.
+//! What two thread wake-ups cost on this machine, for reading the per-job
+//! overhead of `just bench`: the round-trip time of a datagram between two
+//! threads over a unix `SOCK_SEQPACKET` socketpair, each waiting in `poll`,
+//! when the sender has been busy for a while (as a decoding worker is) and
+//! the receiver asleep, wherever the scheduler puts them. A job crosses at
+//! least two such hand-offs (the result to the frontend, the next job to
+//! the daemon); the embedded stack keeps them on one awake CPU to pay less.
 //!
 //! `wake_floor [BUSY_US] [ROUNDS]` (defaults: 3000 µs, 300 rounds).
 
@@ -58,7 +58,7 @@ fn main() -> rustix::io::Result<()> {
     rtt.sort_unstable();
     let q = |p: f64| rtt[((rtt.len() - 1) as f64 * p).round() as usize].as_micros();
     println!(
-        "thread wake-up floor: round trip over a socketpair (two wake-ups) after {} us busy: median {} us, p99 {} us ({} rounds)",
+        "two thread wake-ups (socketpair round trip after {} us busy, threads unplaced): median {} us, p99 {} us ({} rounds)",
         busy.as_micros(),
         q(0.5),
         q(0.99),

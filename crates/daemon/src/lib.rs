@@ -13,13 +13,15 @@
 //!   decode concurrency;
 //! * [`reply`]: the answer every job gets exactly once;
 //! * [`worker`]: the per-context job queue and the decode semaphore;
-//! * [`backend`]: the decoders themselves.
+//! * [`backend`]: the decoders themselves;
+//! * [`affinity`]: CPU placement of the server's threads, when asked for.
 //!
 //! The `daedalus-daemon` binary is `daedalus-daemon --connect PATH
 //! [--once] [--threads N]`; in-process users start a
 //! [`server::EmbeddedDaemon`] or call [`server::Server::serve`] on a
 //! transport of their own.
 
+pub mod affinity;
 pub mod backend;
 pub mod buffers;
 pub mod chardev;

@@ -102,6 +102,10 @@ pub struct ServerConfig {
     /// CPU) before it sleeps; zero sleeps at once. A job that arrives
     /// meanwhile starts without a thread wake-up.
     pub idle_watch: Duration,
+    /// CPUs the server's threads (the connection's reader and the context
+    /// workers, hence their backends' threads) are confined to; `None`
+    /// leaves them to the scheduler ([`crate::affinity`]).
+    pub cpus: Option<Vec<usize>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -110,6 +114,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("threads", &self.threads)
             .field("close_timeout", &self.close_timeout)
             .field("idle_watch", &self.idle_watch)
+            .field("cpus", &self.cpus)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +128,7 @@ impl Default for ServerConfig {
             backends: Arc::new(backend::open),
             close_timeout: Duration::from_secs(5),
             idle_watch: DEFAULT_IDLE_WATCH,
+            cpus: None,
         }
     }
 }
@@ -176,12 +182,18 @@ impl Server {
     /// the connection is gone (except workers still stuck in a backend past
     /// the close timeout, which are logged and left to finish on their own).
     /// The transport is closed when the session ends with an error or a
-    /// shutdown.
+    /// shutdown. With [`ServerConfig::cpus`] the calling thread, the
+    /// connection's reader, is confined to those CPUs.
     pub fn serve(
         &self,
         transport: Arc<dyn Transport>,
         shutdown: &Shutdown,
     ) -> Result<SessionEnd, ServeError> {
+        if let Some(cpus) = &self.cfg.cpus {
+            if let Err(e) = crate::affinity::confine(cpus) {
+                tracing::warn!("cannot confine the reader to CPUs {cpus:?}: {e}");
+            }
+        }
         let mut s = Session {
             cfg: &self.cfg,
             permits: &self.permits,
@@ -465,6 +477,7 @@ impl Session<'_> {
             permits: self.permits.clone(),
             out: self.out.clone(),
             idle_watch: self.cfg.idle_watch,
+            cpus: self.cfg.cpus.clone(),
         };
         let worker = std::thread::Builder::new()
             .name(format!("dv-ctx-{}", o.ctx_id))

@@ -222,12 +222,18 @@ pub(crate) struct WorkerArgs {
     pub permits: Arc<Semaphore>,
     pub out: Arc<Outbox>,
     pub idle_watch: std::time::Duration,
+    pub cpus: Option<Vec<usize>>,
 }
 
 /// The worker thread's body.
 pub(crate) fn run(a: WorkerArgs) {
     let span = tracing::info_span!("ctx", ctx = a.ctx_id, codec = ?a.codec);
     let _e = span.enter();
+    if let Some(cpus) = &a.cpus {
+        if let Err(e) = crate::affinity::confine(cpus) {
+            tracing::warn!("cannot confine the worker to CPUs {cpus:?}: {e}");
+        }
+    }
     let mut backend = match catch_unwind(AssertUnwindSafe(|| (a.factory)(a.codec))) {
         Ok(Ok(b)) => {
             tracing::debug!(backend = b.name(), "session opened");
