@@ -34,7 +34,7 @@ echo "priority: ${prio[*]:-normal}; load average: $(cut -d' ' -f1-3 /proc/loadav
 . "$root/scripts/bench-lib.sh"
 # Runs of each decoder per codec (the best counts), alternating between the
 # two so that a slow spell of the machine hits both alike.
-runs=${BENCH_RUNS:-5}
+runs=${BENCH_RUNS:-7}
 
 status=0
 stats=()
