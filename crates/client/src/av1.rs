@@ -96,10 +96,6 @@ fn bs(e: String) -> ClientError {
     ClientError::Bitstream(e)
 }
 
-fn put<T: CompoundControl>(v: &mut ControlValues, c: &T) {
-    v.set_raw(T::ID, c.as_bytes().to_vec());
-}
-
 /// The sequence control for a parsed sequence header.
 pub fn sequence_control(s: &SequenceHeaderObu) -> V4l2CtrlAv1Sequence {
     let mut c = V4l2CtrlAv1Sequence::new_zeroed();
@@ -675,9 +671,9 @@ impl Av1Parser {
         self.next_ts += TIMESTAMP_STEP;
 
         let mut controls = ControlValues::new();
-        put(&mut controls, &sequence_control(&seq));
-        put(&mut controls, &frame_control(&seq, fh, &self.slot_ts));
-        put(&mut controls, &film_grain_control(fh));
+        controls.set(&sequence_control(&seq));
+        controls.set(&frame_control(&seq, fh, &self.slot_ts));
+        controls.set(&film_grain_control(fh));
         let mut entries = Vec::new();
         for e in &p.tiles {
             entries.extend_from_slice(e.as_bytes());

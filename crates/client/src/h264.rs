@@ -20,6 +20,7 @@ use decoder_core::ctrl::h264::*;
 use decoder_core::ctrl::{Codec, CompoundControl, ControlValues};
 use zerocopy::FromZeros;
 
+use crate::annexb::next_nal;
 use crate::{ClientError, DisplayKey, Job, JobFlags, PictureInfo, StreamParser};
 
 /// How slices are packed into jobs (OUTPUT buffers).
@@ -107,24 +108,6 @@ impl std::fmt::Debug for H264Parser {
     }
 }
 
-/// Splits an Annex B buffer into NAL units (without start codes).
-fn next_nal(data: &[u8], pos: &mut usize) -> Option<(usize, usize)> {
-    let find = |from: usize| {
-        data.get(from..)?
-            .windows(3)
-            .position(|w| w == [0, 0, 1])
-            .map(|p| from + p)
-    };
-    let sc = find(*pos)?;
-    let start = sc + 3;
-    let mut end = find(start).unwrap_or(data.len());
-    *pos = end;
-    while end > start && data[end - 1] == 0 {
-        end -= 1; // trailing_zero_8bits / first byte of a 4-byte start code
-    }
-    Some((start, end))
-}
-
 /// Raster index of each position of the `n` x `n` zig-zag scan.
 fn zigzag(n: usize) -> Vec<usize> {
     let mut out = Vec::with_capacity(n * n);
@@ -138,10 +121,6 @@ fn zigzag(n: usize) -> Vec<usize> {
         out.extend(rows.into_iter().map(|r| r * n + (s - r)));
     }
     out
-}
-
-fn put<T: CompoundControl>(v: &mut ControlValues, c: &T) {
-    v.set_raw(T::ID, c.as_bytes().to_vec());
 }
 
 /// The SPS control for a parsed SPS.
@@ -740,14 +719,11 @@ impl H264Parser {
         }
 
         let mut base = ControlValues::new();
-        put(&mut base, &sps_control(&sps));
+        base.set(&sps_control(&sps));
         let (pps_c, matrix) = pps_control(&p.pps);
-        put(&mut base, &pps_c);
-        put(
-            &mut base,
-            &matrix.unwrap_or_else(V4l2CtrlH264ScalingMatrix::default_value),
-        );
-        put(&mut base, &dp);
+        base.set(&pps_c);
+        base.set(&matrix.unwrap_or_else(V4l2CtrlH264ScalingMatrix::default_value));
+        base.set(&dp);
         let (mode, annex_b) = match self.packing {
             Packing::SlicePerJob { annex_b } => (V4l2StatelessH264DecodeMode::SliceBased, annex_b),
             Packing::PicturePerJob => (V4l2StatelessH264DecodeMode::FrameBased, true),
@@ -838,9 +814,9 @@ impl H264Parser {
         match self.packing {
             Packing::PicturePerJob => {
                 let mut controls = base;
-                put(&mut controls, &per_slice[0].0);
+                controls.set(&per_slice[0].0);
                 if let Some(w) = &per_slice[0].1 {
-                    put(&mut controls, w);
+                    controls.set(w);
                 }
                 let mut bitstream = Vec::new();
                 for s in &p.slices {
@@ -860,9 +836,9 @@ impl H264Parser {
                 let n = p.slices.len();
                 for (i, (s, (sp, w))) in p.slices.iter().zip(&per_slice).enumerate() {
                     let mut controls = base.clone();
-                    put(&mut controls, sp);
+                    controls.set(sp);
                     if let Some(w) = w {
-                        put(&mut controls, w);
+                        controls.set(w);
                     }
                     let mut bitstream = Vec::new();
                     if annex_b {

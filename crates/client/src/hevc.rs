@@ -39,6 +39,7 @@ use decoder_core::ctrl::hevc::*;
 use decoder_core::ctrl::{Codec, CompoundControl, ControlValues};
 use zerocopy::IntoBytes;
 
+use crate::annexb::next_nal;
 pub use crate::h264::Packing;
 use crate::{ClientError, DisplayKey, Job, JobFlags, PictureInfo, StreamParser};
 
@@ -108,24 +109,6 @@ impl std::fmt::Debug for HevcParser {
             .field("dpb", &self.dpb)
             .finish()
     }
-}
-
-/// Splits an Annex B buffer into NAL units (without start codes).
-fn next_nal(data: &[u8], pos: &mut usize) -> Option<(usize, usize)> {
-    let find = |from: usize| {
-        data.get(from..)?
-            .windows(3)
-            .position(|w| w == [0, 0, 1])
-            .map(|p| from + p)
-    };
-    let sc = find(*pos)?;
-    let start = sc + 3;
-    let mut end = find(start).unwrap_or(data.len());
-    *pos = end;
-    while end > start && data[end - 1] == 0 {
-        end -= 1;
-    }
-    Some((start, end))
 }
 
 /// Offset in the escaped NAL unit `nal` of RBSP byte `rbsp_bytes` (the
@@ -639,10 +622,6 @@ fn read_pred_weights(
         }
     }
     Ok(())
-}
-
-fn put<T: CompoundControl + IntoBytes + zerocopy::Immutable>(v: &mut ControlValues, c: &T) {
-    v.set_raw(T::ID, c.as_bytes().to_vec());
 }
 
 /// `V4L2_CID_STATELESS_HEVC_SPS` for a parsed SPS.
@@ -1459,11 +1438,11 @@ impl HevcParser {
         }
 
         let mut base = ControlValues::new();
-        put(&mut base, &sps_control(&sps));
-        put(&mut base, &pps_control(pps));
-        put(&mut base, &dp);
+        base.set(&sps_control(&sps));
+        base.set(&pps_control(pps));
+        base.set(&dp);
         if sps.scaling_list_enabled_flag {
-            put(&mut base, &scaling_matrix_control(&sps, pps));
+            base.set(&scaling_matrix_control(&sps, pps));
         }
         let (visible, coded) = (
             visible_rect(&sps),

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use decoder_core::ctrl::{Codec, ControlValues};
 
+mod annexb;
 pub mod av1;
 pub mod demux;
 pub mod h264;

@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 
 use cros_codecs::codec::vp8::parser::{Header, Parser};
 use decoder_core::ctrl::vp8::*;
-use decoder_core::ctrl::{Codec, CompoundControl, ControlValues};
-use zerocopy::{FromZeros, IntoBytes};
+use decoder_core::ctrl::{Codec, ControlValues};
+use zerocopy::FromZeros;
 
 use crate::ivf::{next_job_of, FrameEvent, FrameStreamParser, IvfReader};
 use crate::{ClientError, DisplayKey, Job, JobFlags, PictureInfo, StreamParser};
@@ -203,7 +203,7 @@ impl Vp8Parser {
         self.next_ts += TIMESTAMP_STEP;
         let ctrl = frame_control(&h, &self.parser, self.last, self.golden, self.alt);
         let mut controls = ControlValues::new();
-        controls.set_raw(V4l2CtrlVp8Frame::ID, ctrl.as_bytes().to_vec());
+        controls.set(&ctrl);
 
         let (w, hgt) = (u32::from(h.width), u32::from(h.height));
         let mut pic = PictureInfo {

@@ -18,8 +18,8 @@ use cros_codecs::codec::vp9::parser::{
     BitDepth, ColorRange, FrameType, Header, InterpolationFilter, Parser,
 };
 use decoder_core::ctrl::vp9::*;
-use decoder_core::ctrl::{Codec, CompoundControl, ControlValues};
-use zerocopy::{FromZeros, IntoBytes};
+use decoder_core::ctrl::{Codec, ControlValues};
+use zerocopy::FromZeros;
 
 use crate::ivf::{next_job_of, FrameEvent, FrameStreamParser, IvfReader};
 use crate::{ClientError, DisplayKey, Job, JobFlags, PictureInfo, StreamParser};
@@ -524,8 +524,8 @@ impl Vp9Parser {
             let refs = [0, 1, 2].map(|i| self.slot_ts[usize::from(h.ref_frame_idx[i] & 7)]);
             let ctrl = frame_control(h, refs, reference_mode);
             let mut controls = ControlValues::new();
-            controls.set_raw(V4l2CtrlVp9Frame::ID, ctrl.as_bytes().to_vec());
-            controls.set_raw(V4l2CtrlVp9CompressedHdr::ID, hdr.as_bytes().to_vec());
+            controls.set(&ctrl);
+            controls.set(&hdr);
 
             let ts = self.next_ts;
             self.next_ts += TIMESTAMP_STEP;

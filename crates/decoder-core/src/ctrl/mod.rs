@@ -404,6 +404,12 @@ impl ControlValues {
         self.map.insert(id, bytes);
     }
 
+    /// Stores a single-element compound control as built by the caller
+    /// (validated later, where a frontend takes it: `Device::set_controls`).
+    pub fn set<T: CompoundControl>(&mut self, c: &T) {
+        self.set_raw(T::ID, c.as_bytes().to_vec());
+    }
+
     /// A single-element compound control, copied out.
     pub fn get<T: CompoundControl>(&self) -> Option<T> {
         let raw = self.map.get(&T::ID)?;
