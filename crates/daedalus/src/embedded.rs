@@ -71,12 +71,18 @@ impl Placement {
     /// With one decoding thread and at least two CPUs allowed: the last
     /// allowed CPU for the job path, the others for the player. With more
     /// decoding threads (the backends' own threads inherit the worker's
-    /// CPUs) or a single CPU, the scheduler places everything.
+    /// CPUs) or a single CPU, the scheduler places everything. "Allowed"
+    /// is the process's CPUs at its first placement: a later stack (after
+    /// a resolution change) is placed the same way, although its caller is
+    /// confined to the player's CPUs by then.
     fn choose(threads: usize) -> Option<Self> {
+        static ALLOWED: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
         if threads != 1 {
             return None;
         }
-        let mut cpus = affinity::allowed().ok()?;
+        let mut cpus = ALLOWED
+            .get_or_init(|| affinity::allowed().unwrap_or_default())
+            .clone();
         let last = cpus.pop()?;
         (!cpus.is_empty()).then(|| Placement {
             jobs: vec![last],
@@ -710,5 +716,31 @@ impl Drop for Embedded {
         if let Some(t) = self.server.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_stack_is_placed_like_the_first() {
+        std::thread::spawn(|| {
+            let first = Placement::choose(1);
+            assert!(Placement::choose(2).is_none());
+            let Some(p) = first else {
+                // One CPU here: nothing to place.
+                assert!(affinity::allowed().unwrap().len() < 2);
+                return;
+            };
+            assert!(!p.player.contains(&p.jobs[0]));
+            // The caller is confined to the player's CPUs after the first
+            // stack starts; the next stack still gets the same split.
+            affinity::confine(&p.player).unwrap();
+            let again = Placement::choose(1).unwrap();
+            assert_eq!((again.jobs, again.player), (p.jobs, p.player));
+        })
+        .join()
+        .unwrap();
     }
 }
