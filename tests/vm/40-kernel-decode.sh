@@ -22,7 +22,6 @@ make_streams
 refs_all
 kload
 start_daemon
-hashes() { grep -v '^#' "$1" | awk -F, '{gsub(/ /, "", $6); print $6}'; }
 pass=0
 skipped=
 for s in h264.h264 hevc.hevc vp8.ivf vp9.ivf av1.ivf; do

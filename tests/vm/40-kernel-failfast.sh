@@ -12,7 +12,6 @@ bin=$target/release/daedalus
 [ -x "$bin" ] || { echo "missing $bin"; exit 1; }
 ffmpeg -v error -f lavfi -i testsrc2=size=176x144:rate=25 -frames:v 10 -pix_fmt yuv420p -c:v libx264 "$work/s.h264"
 ffmpeg -v error -i "$work/s.h264" -pix_fmt nv12 -f framemd5 "$work/ref.md5"
-hashes() { grep -v '^#' "$1" | awk -F, '{gsub(/ /, "", $6); print $6}'; }
 
 # decode_timed LIMIT_S: runs the decode under `timeout`; sets $status and $ms.
 decode_timed() {

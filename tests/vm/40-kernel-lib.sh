@@ -131,3 +131,23 @@ gone() {
     cat "/proc/$pid/stack" 2>/dev/null || true
     return 1
 }
+
+# hashes FRAMEMD5: the hash column of a framemd5 file, one line per frame.
+hashes() { grep -v '^#' "$1" | awk -F, '{gsub(/ /, "", $6); print $6}'; }
+
+# gst_matches EL LABEL YUV SIZE REF: GStreamer's I420 output YUV (SIZE WxH) against the framemd5
+# REF, frame by frame as NV12 (FFmpeg's hashes); prints the verdict, fails on any difference.
+gst_matches() {
+    local el=$1 label=$2 yuv=$3 size=$4 ref=$5 n
+    ffmpeg -v error -f rawvideo -pix_fmt yuv420p -s "$size" -i "$yuv" -pix_fmt nv12 -f framemd5 "$yuv.md5"
+    hashes "$ref" >"$yuv.ref.h"
+    hashes "$yuv.md5" >"$yuv.out.h"
+    n=$(wc -l <"$yuv.ref.h")
+    if cmp -s "$yuv.ref.h" "$yuv.out.h"; then
+        echo "$label: $el $n/$n frames equal to FFmpeg"
+        return 0
+    fi
+    echo "$label: $el differs from FFmpeg ($(wc -l <"$yuv.out.h") frames vs $n)"
+    diff "$yuv.ref.h" "$yuv.out.h" | head -5
+    return 1
+}

@@ -14,7 +14,6 @@ bin=$target/release/daedalus
 ffmpeg -v error -f lavfi -i testsrc2=size=320x240:rate=25 -frames:v 150 -pix_fmt yuv420p -c:v libx264 -bf 2 "$work/long.h264"
 ffmpeg -v error -f lavfi -i testsrc2=size=176x144:rate=25 -frames:v 10 -pix_fmt yuv420p -c:v libx264 "$work/s.h264"
 ffmpeg -v error -i "$work/s.h264" -pix_fmt nv12 -f framemd5 "$work/ref.md5"
-hashes() { grep -v '^#' "$1" | awk -F, '{gsub(/ /, "", $6); print $6}'; }
 
 dmesg -c >/dev/null
 kload

@@ -1048,19 +1048,6 @@ impl StreamParser for H264Parser {
 mod tests {
     use super::*;
 
-    #[test]
-    fn nal_splitting() {
-        let data = [
-            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 0, 1, 0x65, 4,
-        ];
-        let mut pos = 0;
-        let mut got = Vec::new();
-        while let Some((s, e)) = next_nal(&data, &mut pos) {
-            got.push(data[s..e].to_vec());
-        }
-        assert_eq!(got, vec![vec![0x67, 1, 2], vec![0x68, 3], vec![0x65, 4]]);
-    }
-
     fn with_refs(refs: &[(u32, i32, Option<u32>)]) -> H264Parser {
         let mut p = H264Parser::new(Vec::new(), Packing::PicturePerJob);
         p.refs = refs
