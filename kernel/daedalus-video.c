@@ -3,8 +3,8 @@
  * daedalus-v4l2: the V4L2 side: formats, ioctls, vb2 queues, requests.
  *
  * Formats follow crates/decoder-core/src/fmt.rs: five coded formats on
- * OUTPUT; NV12, NV12M and P010 on CAPTURE, 16-pixel aligned, derived from
- * the coded size.
+ * OUTPUT; NV12, NV12M, YUV420M and P010 on CAPTURE, 16-pixel aligned,
+ * derived from the coded size.
  *
  * Copyright (C) 2026 The daedalus-v4l2 authors
  */
@@ -19,6 +19,7 @@
 static const u32 dv_decoded_formats[] = {
 	V4L2_PIX_FMT_NV12,
 	V4L2_PIX_FMT_NV12M,
+	V4L2_PIX_FMT_YUV420M,
 	V4L2_PIX_FMT_P010,
 };
 
@@ -34,9 +35,9 @@ static const struct dv_coded_format *dv_find_coded(u32 fourcc)
 
 /*
  * Bit depth of the stream as the current controls describe it (the SPS,
- * the VP9 frame, the AV1 sequence): CAPTURE offers NV12/NV12M for 8 bits,
- * P010 for more, like hantro and rkvdec, so that a client picking the first
- * format it likes gets one the daemon can write.
+ * the VP9 frame, the AV1 sequence): CAPTURE offers NV12/NV12M/YUV420M for
+ * 8 bits, P010 for more, like hantro and rkvdec, so that a client picking
+ * the first format it likes gets one the daemon can write.
  */
 static unsigned int dv_bit_depth(struct dv_ctx *ctx)
 {
@@ -152,14 +153,16 @@ static void dv_try_coded(struct v4l2_pix_format_mplane *pix)
 /*
  * fmt::try_decoded: the size is the coded size, aligned to 16; rows padded
  * to DV_CAPTURE_ROW_ALIGN pixels (fmt::CAPTURE_ROW_ALIGN: line sizes
- * libavcodec and dav1d accept, so the daemon decodes in place); the format
- * one of those of the stream's bit depth.
+ * libavcodec and dav1d accept, so the daemon decodes in place); YUV420M
+ * planes also padded below the picture to the height libavcodec and dav1d
+ * pad theirs to, so that every plane is decoded in place; the format one of
+ * those of the stream's bit depth.
  */
 static void dv_try_decoded(struct v4l2_pix_format_mplane *pix,
 			   const struct v4l2_pix_format_mplane *coded,
 			   unsigned int depth)
 {
-	u32 w, h, bps, bpl, luma, chroma;
+	u32 w, h, bps, bpl, luma, chroma, rows;
 	unsigned int i;
 
 	if (!dv_is_decoded(pix->pixelformat, depth))
@@ -182,6 +185,16 @@ static void dv_try_decoded(struct v4l2_pix_format_mplane *pix,
 		pix->plane_fmt[0].sizeimage = luma;
 		pix->plane_fmt[1].bytesperline = bpl;
 		pix->plane_fmt[1].sizeimage = chroma;
+	} else if (pix->pixelformat == V4L2_PIX_FMT_YUV420M) {
+		rows = ALIGN(h, DV_CAPTURE_ROW_ALIGN);
+		pix->num_planes = 3;
+		pix->plane_fmt[0].bytesperline = bpl;
+		pix->plane_fmt[0].sizeimage = bpl * (rows + DV_PLANAR_SLACK_ROWS);
+		for (i = 1; i < 3; i++) {
+			pix->plane_fmt[i].bytesperline = bpl / 2;
+			pix->plane_fmt[i].sizeimage =
+				bpl / 2 * (rows / 2 + DV_PLANAR_SLACK_ROWS);
+		}
 	} else {
 		pix->num_planes = 1;
 		pix->plane_fmt[0].bytesperline = bpl;

@@ -44,6 +44,8 @@
 #define DV_MAX_HEIGHT		4352
 /* CAPTURE rows are a multiple of this many pixels (fmt::CAPTURE_ROW_ALIGN). */
 #define DV_CAPTURE_ROW_ALIGN	128
+/* Rows of padding below each YUV420M plane (fmt::PLANAR_SLACK_ROWS). */
+#define DV_PLANAR_SLACK_ROWS	4
 #define DV_MIN_CODED_BUFFER	(64 * 1024)
 #define DV_MAX_CODED_BUFFER	(64 << 20)
 

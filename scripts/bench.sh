@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks `daedalus decode` (embedded stack) against a direct decode of the
-# same 1080p stream by libavcodec / dav1d (through ffmpeg) with the same
-# thread count, in one run, and prints frames/s and their ratio per codec,
-# then the per-job overhead outside the backend's decode call (the first
+# same 1080p stream by libavcodec / dav1d with the same thread count, in one
+# run, and prints frames/s and their ratio per codec, two ways:
+# - whole process: `daedalus decode` against `ffmpeg -c:v DECODER -f null`,
+#   start-up included (ffmpeg's, ~0.1 s here, is the heavier of the two);
+# - decode loop: the time `daedalus decode` prints for its loop against
+#   examples/plain_decode, the same libraries driven directly in one
+#   process with their own allocators, start-up left out on both sides.
+#   This is the stricter figure: nothing but the decoding is compared.
+# Then the per-job overhead outside the backend's decode call (the first
 # job of a context, which also waits for the backend session to open, apart).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,15 +42,31 @@ echo "priority: ${prio[*]:-normal}; load average: $(cut -d' ' -f1-3 /proc/loadav
 # two so that a slow spell of the machine hits both alike.
 runs=${BENCH_RUNS:-7}
 
+plain=${CARGO_TARGET_DIR:-$root/target}/release/examples/plain_decode
+[ -x "$plain" ] || { echo "bench: $plain not built (cargo build --release -p daedalus-daemon --example plain_decode)" >&2; exit 2; }
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# loop_secs LOG: the decode-loop seconds a run printed ("N frames in S s"
+# from plain_decode; "N frames in S s, F fps" from daedalus, whose fps has
+# the finer resolution), or "fail".
+loop_secs() {
+    awk '$2 == "frames" && $3 == "in" { t = ($7 ~ /^fps/) ? $1 / $6 : $4 }
+        END { print (t == "" ? "fail" : t) }' "$1"
+}
+
 status=0
 stats=()
-printf '%-6s %12s %12s %8s\n' codec "direct fps" "daedalus fps" ratio
+printf '%-6s %12s %12s %8s   %12s %12s %8s\n' codec "direct fps" "daedalus fps" ratio "plain loop" "daedalus loop" ratio
 for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:libdav1d; do
     IFS=: read -r name file dec <<< "$s"
-    direct="" ours=""
+    direct="" ours="" plain_loop="" ours_loop=""
     for _ in $(seq "$runs"); do
         direct=$(tmin "$direct" "$(bench_time "${prio[@]}" ffmpeg -nostdin -loglevel error -threads "$threads" -c:v "$dec" -i "$dir/$file" -f null -)")
-        ours=$(tmin "$ours" "$(bench_time "${prio[@]}" "$bin" decode "$dir/$file" --threads "$threads")")
+        ours=$(tmin "$ours" "$(BENCH_LOG=$tmp/ours bench_time "${prio[@]}" "$bin" decode "$dir/$file" --threads "$threads")")
+        ours_loop=$(tmin "$ours_loop" "$(loop_secs "$tmp/ours")")
+        if [ "$threads" = 1 ]; then
+            "${prio[@]}" "$plain" "$dir/$file" > "$tmp/plain" 2>&1 || echo fail > "$tmp/plain"
+            plain_loop=$(tmin "$plain_loop" "$(loop_secs "$tmp/plain")")
+        fi
     done
     if [ "$direct" = fail ]; then
         printf '%-6s %12s\n' "$name" "direct decode FAILED"; status=1; continue
@@ -54,7 +76,14 @@ for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:lib
         printf '%-6s %12.1f %12s %8s\n' "$name" "$fd" FAILED -; status=1; continue
     fi
     fo=$(awk -v n="$frames" -v t="$ours" 'BEGIN { print n / t }')
-    printf '%-6s %12.1f %12.1f %8.3f\n' "$name" "$fd" "$fo" "$(awk -v a="$fo" -v b="$fd" 'BEGIN { print a / b }')"
+    if [ -z "$plain_loop" ]; then
+        loop="(plain baseline: one thread only)"
+    elif [ "$plain_loop" = fail ] || [ "$ours_loop" = fail ]; then
+        loop="FAILED"; status=1
+    else
+        loop=$(awk -v n="$frames" -v a="$plain_loop" -v b="$ours_loop" 'BEGIN { printf "%12.1f %12.1f %8.3f", n / a, n / b, a / b }')
+    fi
+    printf '%-6s %12.1f %12.1f %8.3f   %s\n' "$name" "$fd" "$fo" "$(awk -v a="$fo" -v b="$fd" 'BEGIN { print a / b }')" "$loop"
     for r in 1 2 3; do
         stats+=("$name, run $r: $("${prio[@]}" "$bin" decode "$dir/$file" --threads "$threads" --job-stats 2>&1 |
             awk '/per-job overhead/ { o = $0 } /first job of each context/ { f = $(NF - 1) " " $NF } END { print o "; first job " f }')")

@@ -1048,6 +1048,7 @@ fn fmt_desc(fourcc: u32) -> &'static str {
         fmt::PIX_FMT_AV1_FRAME => "AV1 Frame",
         fmt::PIX_FMT_NV12 => "Y/UV 4:2:0",
         fmt::PIX_FMT_NV12M => "Y/UV 4:2:0 (N-C)",
+        fmt::PIX_FMT_YUV420M => "Planar YUV 4:2:0 (N-C)",
         fmt::PIX_FMT_P010 => "10-bit Y/UV 4:2:0",
         _ => "",
     }
@@ -2093,6 +2094,17 @@ mod tests {
         assert_eq!(h.err(fh, 0xc000_56ff, BASE, &mut m), libc::ENOTTY);
         // Unknown file.
         assert_eq!(h.err(999, VIDIOC_G_FMT, BASE, &mut m), libc::EINVAL);
+    }
+
+    #[test]
+    fn every_format_has_a_description() {
+        let coded = fmt::CODED_FORMATS.iter().map(|(f, _)| *f);
+        for f in coded.chain(fmt::DECODED_FORMATS) {
+            assert!(
+                !fmt_desc(f).is_empty(),
+                "{f:#x} has no ENUM_FMT description"
+            );
+        }
     }
 
     #[test]

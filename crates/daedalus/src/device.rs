@@ -3,8 +3,8 @@
 //! bindings for the few calls it does not wrap).
 //!
 //! The sequence is the uAPI's stateless decoder interface: QUERYCAP, S_FMT
-//! on OUTPUT (coded format) then CAPTURE (NV12 / NV12M / P010), REQBUFS on
-//! both queues, STREAMON; per job a media request holding the controls and
+//! on OUTPUT (coded format) then CAPTURE (YUV420M / NV12 / NV12M / P010),
+//! REQBUFS on both queues, STREAMON; per job a media request holding the controls and
 //! one OUTPUT buffer; CAPTURE buffers queued and dequeued;
 //! `V4L2_DEC_CMD_FLUSH` at the end.
 //!
@@ -546,8 +546,9 @@ fn errno_of<E: std::fmt::Display>(what: &str, e: E) -> anyhow::Error {
 impl V4l2Device {
     /// Opens `path` (and its media node), checks it is a streaming M2M
     /// multiplanar device, sets OUTPUT to `coded_fourcc` at `width` x
-    /// `height` and CAPTURE to NV12 / NV12M (P010 when `ten_bit`) as the
-    /// device offers, allocates and maps the buffers (of `opts.memory`) and
+    /// `height` and CAPTURE to the first of YUV420M, NV12 and NV12M (P010
+    /// when `ten_bit`) the device offers (three planes first: a daedalus
+    /// daemon decodes them in place), allocates and maps the buffers (of `opts.memory`) and
     /// starts streaming.
     pub fn open(
         path: &Path,
@@ -646,7 +647,7 @@ impl V4l2Device {
         let prefs: &[u32] = if ten_bit {
             &[fmt::PIX_FMT_P010]
         } else {
-            &[fmt::PIX_FMT_NV12, fmt::PIX_FMT_NV12M]
+            &[fmt::PIX_FMT_YUV420M, fmt::PIX_FMT_NV12, fmt::PIX_FMT_NV12M]
         };
         let Some(&want) = prefs.iter().find(|p| offered.contains(p)) else {
             bail!(

@@ -201,11 +201,13 @@ impl Embedded {
         if out_fmt.fourcc != coded_fourcc {
             bail!("coded format {coded_fourcc:#x} not supported");
         }
+        // Three planes for 8 bits: the layout the decoders write, so the
+        // daemon decodes every plane in place.
         let want = PixFormat {
             fourcc: if ten_bit {
                 fmt::PIX_FMT_P010
             } else {
-                fmt::PIX_FMT_NV12
+                fmt::PIX_FMT_YUV420M
             },
             ..Default::default()
         };

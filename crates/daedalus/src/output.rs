@@ -3,17 +3,34 @@
 
 use std::io::Write;
 
-use decoder_core::fmt::{PixFormat, PIX_FMT_P010};
+use decoder_core::fmt::{PixFormat, PIX_FMT_P010, PIX_FMT_YUV420M};
 
-/// Packs the visible rectangle of a semi-planar (NV12 / P010) picture into
-/// the tight layout FFmpeg hashes: luma rows of `w` samples, then chroma
-/// rows of `2 * ceil(w / 2)` samples, `ceil(h / 2)` of them.
-/// `planes` are the CAPTURE buffer's memory planes in `fmt`'s layout.
+/// Packs the visible rectangle of a picture into the tight NV12 (P010)
+/// layout FFmpeg hashes (`-pix_fmt nv12`): luma rows of `w` samples, then
+/// interleaved chroma rows of `2 * ceil(w / 2)` samples, `ceil(h / 2)` of
+/// them. `planes` are the CAPTURE buffer's memory planes in `fmt`'s layout
+/// (NV12, NV12M, P010, or YUV420M, whose chroma planes are interleaved
+/// here).
 pub fn pack_visible(fmt: &PixFormat, planes: &[&[u8]], visible: (u32, u32, u32, u32)) -> Vec<u8> {
     let bps = if fmt.fourcc == PIX_FMT_P010 { 2 } else { 1 };
     let (x, y, w, h) = visible;
     let (x, y, w, h) = (x as usize, y as usize, w as usize, h as usize);
     let bpl = fmt.planes[0].bytesperline as usize;
+    if fmt.fourcc == PIX_FMT_YUV420M {
+        let cbpl = fmt.planes[1].bytesperline as usize;
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let mut out = Vec::with_capacity(w * h + 2 * cw * ch);
+        for row in 0..h {
+            let s = (y + row) * bpl + x;
+            out.extend_from_slice(&planes[0][s..s + w]);
+        }
+        for row in 0..ch {
+            let s = (y / 2 + row) * cbpl + x / 2;
+            let (u, v) = (&planes[1][s..s + cw], &planes[2][s..s + cw]);
+            out.extend(u.iter().zip(v).flat_map(|(a, b)| [*a, *b]));
+        }
+        return out;
+    }
     let (luma, chroma): (&[u8], &[u8]) = if fmt.num_planes >= 2 {
         (planes[0], planes[1])
     } else {
@@ -94,7 +111,7 @@ pub fn framemd5_hashes(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use decoder_core::fmt::{try_decoded, PIX_FMT_NV12};
+    use decoder_core::fmt::{try_decoded, PIX_FMT_NV12, PIX_FMT_YUV420M};
 
     #[test]
     fn packs_odd_visible_sizes_like_ffmpeg() {
@@ -112,6 +129,26 @@ mod tests {
         let c = s * 16;
         assert_eq!(&p[15..21], &buf[c..c + 6]);
         assert_eq!(&p[21..27], &buf[c + s..c + s + 6]);
+    }
+
+    #[test]
+    fn packs_three_planes_as_nv12() {
+        let f = try_decoded(PIX_FMT_YUV420M, 5, 3);
+        let (s, cs) = (
+            f.planes[0].bytesperline as usize,
+            f.planes[1].bytesperline as usize,
+        );
+        let y: Vec<u8> = (0..f.planes[0].sizeimage)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let u = vec![7u8; f.planes[1].sizeimage as usize];
+        let mut v = vec![9u8; f.planes[2].sizeimage as usize];
+        v[cs + 2] = 10;
+        let p = pack_visible(&f, &[&y, &u, &v], (0, 0, 5, 3));
+        assert_eq!(p.len(), 15 + 12);
+        assert_eq!(&p[5..10], &y[s..s + 5]);
+        assert_eq!(&p[15..21], &[7, 9, 7, 9, 7, 9]);
+        assert_eq!(&p[21..27], &[7, 9, 7, 9, 7, 10]);
     }
 
     #[test]

@@ -502,12 +502,13 @@ pub struct CaptureLayout {
     pub width: u32,
     /// Height of the picture the backend writes (macroblock aligned).
     pub height: u32,
-    /// Memory planes (1: luma and chroma contiguous; 2: separate planes).
+    /// Memory planes (1: luma and chroma contiguous; 2: luma and CbCr;
+    /// 3: Y, Cb and Cr).
     pub num_planes: usize,
     /// Bytes per line of each memory plane.
-    pub bytesperline: [u32; 2],
+    pub bytesperline: [u32; 3],
     /// Bytes of each memory plane.
-    pub sizeimage: [u32; 2],
+    pub sizeimage: [u32; 3],
 }
 
 impl CaptureLayout {
@@ -516,10 +517,10 @@ impl CaptureLayout {
     /// lines or planes too small for the picture).
     pub fn from_ctx_open(o: &CtxOpen) -> Option<Self> {
         let format = CaptureFormat::from_fourcc(o.capture_fourcc)?;
-        let want_planes = if o.capture_fourcc == fmt::PIX_FMT_NV12M {
-            2
-        } else {
-            1
+        let want_planes = match o.capture_fourcc {
+            fmt::PIX_FMT_NV12M => 2,
+            fmt::PIX_FMT_YUV420M => 3,
+            _ => 1,
         };
         if o.num_planes != want_planes {
             return None;
@@ -532,25 +533,34 @@ impl CaptureLayout {
         let width = o.width.div_ceil(16) * 16;
         let height = o.height.div_ceil(16) * 16;
         let row = u64::from(width) * format.sample_bytes() as u64;
+        let chroma_row = format.chroma_row(width as usize) as u64;
         let (luma_rows, chroma_rows) = (u64::from(height), u64::from(height.div_ceil(2)));
         let p = &o.planes;
-        let ok = if want_planes == 1 {
-            let bpl = u64::from(p[0].bytesperline);
-            bpl >= row && u64::from(p[0].sizeimage) >= bpl * (luma_rows + chroma_rows)
-        } else {
-            let (b0, b1) = (u64::from(p[0].bytesperline), u64::from(p[1].bytesperline));
-            b0 >= row
-                && b1 >= row
-                && u64::from(p[0].sizeimage) >= b0 * luma_rows
-                && u64::from(p[1].sizeimage) >= b1 * chroma_rows
+        let fits = |i: usize, row: u64, rows: u64| {
+            let bpl = u64::from(p[i].bytesperline);
+            bpl >= row && u64::from(p[i].sizeimage) >= bpl * rows
+        };
+        let ok = match want_planes {
+            1 => {
+                let bpl = u64::from(p[0].bytesperline);
+                bpl >= row.max(chroma_row)
+                    && u64::from(p[0].sizeimage) >= bpl * (luma_rows + chroma_rows)
+            }
+            2 => fits(0, row, luma_rows) && fits(1, chroma_row, chroma_rows),
+            _ => {
+                fits(0, row, luma_rows)
+                    && fits(1, chroma_row, chroma_rows)
+                    && fits(2, chroma_row, chroma_rows)
+                    && p[1].bytesperline == p[2].bytesperline
+            }
         };
         ok.then_some(CaptureLayout {
             format,
             width,
             height,
             num_planes: want_planes as usize,
-            bytesperline: [p[0].bytesperline, p[1].bytesperline],
-            sizeimage: [p[0].sizeimage, p[1].sizeimage],
+            bytesperline: [p[0].bytesperline, p[1].bytesperline, p[2].bytesperline],
+            sizeimage: [p[0].sizeimage, p[1].sizeimage, p[2].sizeimage],
         })
     }
 
@@ -561,8 +571,9 @@ impl CaptureLayout {
             return Err(BufferError::Layout);
         }
         let mut it = planes.into_iter();
-        let t = match (it.next(), it.next()) {
-            (Some(p0), None) => CaptureTarget::contiguous(
+        let stride = |i: usize| self.bytesperline[i] as usize;
+        let t = match (it.next(), it.next(), it.next()) {
+            (Some(p0), None, None) => CaptureTarget::contiguous(
                 self.format,
                 self.width,
                 self.height,
@@ -570,19 +581,37 @@ impl CaptureLayout {
                 p0,
             )
             .ok_or(BufferError::Layout)?,
-            (Some(p0), Some(p1)) => CaptureTarget {
+            (Some(p0), Some(p1), None) => CaptureTarget {
                 format: self.format,
                 width: self.width,
                 height: self.height,
                 luma: CapturePlane {
                     data: p0,
-                    stride: self.bytesperline[0] as usize,
+                    stride: stride(0),
                 },
                 chroma: CapturePlane {
                     data: p1,
-                    stride: self.bytesperline[1] as usize,
+                    stride: stride(1),
                 },
+                cr: None,
             },
+            (Some(p0), Some(p1), Some(p2)) => CaptureTarget::planar(
+                self.width,
+                self.height,
+                CapturePlane {
+                    data: p0,
+                    stride: stride(0),
+                },
+                CapturePlane {
+                    data: p1,
+                    stride: stride(1),
+                },
+                CapturePlane {
+                    data: p2,
+                    stride: stride(2),
+                },
+            )
+            .map_err(|_| BufferError::Layout)?,
             _ => return Err(BufferError::Layout),
         };
         t.check().map_err(|_| BufferError::Layout)?;
@@ -757,6 +786,22 @@ mod tests {
         assert!(CaptureLayout::from_ctx_open(&o).is_none());
         let mut o = open(fmt::PIX_FMT_NV12, 64, 64);
         o.num_planes = 2;
+        assert!(CaptureLayout::from_ctx_open(&o).is_none());
+        // Three planes: Cb and Cr lines of the same length.
+        let l = CaptureLayout::from_ctx_open(&open(fmt::PIX_FMT_YUV420M, 176, 100)).unwrap();
+        assert_eq!((l.format, l.num_planes), (CaptureFormat::Yuv420, 3));
+        assert_eq!(l.bytesperline, [256, 128, 128]);
+        let (mut y, mut u, mut v) = (
+            vec![0u8; 256 * 112],
+            vec![0u8; 128 * 56],
+            vec![0u8; 128 * 56],
+        );
+        let t = l.target(vec![&mut y, &mut u, &mut v]).unwrap();
+        assert_eq!(t.cr.as_ref().map(|p| p.stride), Some(128));
+        let mut short = vec![0u8; 128 * 55];
+        assert!(l.target(vec![&mut y, &mut u, &mut short]).is_err());
+        let mut o = open(fmt::PIX_FMT_YUV420M, 64, 64);
+        o.planes[2].bytesperline += 64;
         assert!(CaptureLayout::from_ctx_open(&o).is_none());
 
         // Rows are padded to fmt::CAPTURE_ROW_ALIGN pixels.

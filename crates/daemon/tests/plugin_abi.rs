@@ -8,7 +8,8 @@ use std::process::Command;
 
 use daedalus_daemon::backend::plugin::{abi, PluginError, PluginLibrary};
 use daedalus_daemon::backend::{
-    Backend, CaptureFormat, DecodeError, DecodeOutcome, JobFlags, JobInput,
+    Backend, CaptureFormat, CapturePlane, CaptureTarget, DecodeError, DecodeOutcome, JobFlags,
+    JobInput,
 };
 use decoder_core::ctrl::{Codec, ControlValues};
 use plugins::{c_plugin, root, Planes};
@@ -295,6 +296,7 @@ fn grey_picture(lib: &std::sync::Arc<PluginLibrary>, format: CaptureFormat) {
     let grey = |v: u8, x: usize| match format {
         CaptureFormat::Nv12 => v,
         CaptureFormat::P010 => [0, v][x % 2],
+        CaptureFormat::Yuv420 => unreachable!("the ABI has semi-planar formats only"),
     };
     for (plane, rows, row_bytes, v) in [
         (&planes.luma, 9, 33 * sb, 0x10),
@@ -321,6 +323,31 @@ fn c_plugin_decodes_and_refuses_other_codecs() {
     assert_eq!(lib.codecs(), vec![Codec::Hevc]);
     grey_picture(&lib, CaptureFormat::Nv12);
     grey_picture(&lib, CaptureFormat::P010);
+    // Three planes are not in the ABI: refused before the plugin sees them.
+    let mut b = lib.backend(Codec::Hevc).unwrap();
+    let controls = ControlValues::new();
+    let job = JobInput {
+        codec: Codec::Hevc,
+        controls: &controls,
+        bitstream: b"\x26\x01 not really hevc",
+        timestamp: 7,
+        flags: JobFlags::default(),
+        references: &[],
+    };
+    let (mut y, mut u, mut v) = (vec![0u8; 64 * 16], vec![0u8; 32 * 8], vec![0u8; 32 * 8]);
+    let plane = |data, stride| CapturePlane { data, stride };
+    let mut t = CaptureTarget::planar(
+        64,
+        16,
+        plane(&mut y, 64),
+        plane(&mut u, 32),
+        plane(&mut v, 32),
+    )
+    .unwrap();
+    assert!(matches!(
+        b.decode(&job, &mut t),
+        Err(DecodeError::Unsupported(_))
+    ));
     let err = lib.backend(Codec::H264).unwrap_err();
     assert!(matches!(
         err,

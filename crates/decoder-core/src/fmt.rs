@@ -21,6 +21,9 @@ pub const PIX_FMT_AV1_FRAME: u32 = fourcc(b"AV1F");
 pub const PIX_FMT_NV12: u32 = fourcc(b"NV12");
 /// `V4L2_PIX_FMT_NV12M`: as NV12, two memory planes.
 pub const PIX_FMT_NV12M: u32 = fourcc(b"NM12");
+/// `V4L2_PIX_FMT_YUV420M`: planar 4:2:0, Y, Cb and Cr in three memory
+/// planes.
+pub const PIX_FMT_YUV420M: u32 = fourcc(b"YM12");
 /// `V4L2_PIX_FMT_P010`: 10-bit NV12 layout in 16-bit words, one memory plane.
 pub const PIX_FMT_P010: u32 = fourcc(b"P010");
 
@@ -34,7 +37,7 @@ pub const CODED_FORMATS: [(u32, Codec); 5] = [
 ];
 
 /// Decoded formats, in ENUM_FMT order.
-pub const DECODED_FORMATS: [u32; 3] = [PIX_FMT_NV12, PIX_FMT_NV12M, PIX_FMT_P010];
+pub const DECODED_FORMATS: [u32; 4] = [PIX_FMT_NV12, PIX_FMT_NV12M, PIX_FMT_YUV420M, PIX_FMT_P010];
 
 /// Smallest coded width and height.
 pub const MIN_SIZE: u32 = 16;
@@ -135,12 +138,21 @@ pub fn try_coded(fourcc: u32, width: u32, height: u32, sizeimage: u32) -> PixFor
 /// to 128; libavcodec wants line sizes in multiples of 64 bytes).
 pub const CAPTURE_ROW_ALIGN: u32 = 128;
 
+/// The planes of [`PIX_FMT_YUV420M`] hold this many rows of padding beyond
+/// the height rounded up to [`CAPTURE_ROW_ALIGN`]: with it, each plane
+/// holds the padded picture planes libavcodec (height aligned to 32, plus 2
+/// rows of over-read) and dav1d (height aligned to 128) decode into, so
+/// every plane is decoded in place.
+pub const PLANAR_SLACK_ROWS: u32 = 4;
+
 /// TRY_FMT on the CAPTURE (decoded) queue for a given coded size: an unknown
 /// fourcc becomes NV12; width and height are aligned to the 16-pixel
 /// macroblock / superblock grid the backends write. Rows are padded to a
 /// multiple of [`CAPTURE_ROW_ALIGN`] pixels, the line size libavcodec and
 /// dav1d accept for their own pictures, so that the daemon can decode the
-/// luma plane in place.
+/// luma plane in place. [`PIX_FMT_YUV420M`]'s planes are also padded below
+/// the picture ([`PLANAR_SLACK_ROWS`]), so that all three are decoded in
+/// place.
 pub fn try_decoded(fourcc: u32, coded_width: u32, coded_height: u32) -> PixFormat {
     let fourcc = if DECODED_FORMATS.contains(&fourcc) {
         fourcc
@@ -164,6 +176,19 @@ pub fn try_decoded(fourcc: u32, coded_width: u32, coded_height: u32) -> PixForma
         planes[0] = luma;
         planes[1] = chroma;
         2
+    } else if fourcc == PIX_FMT_YUV420M {
+        let rows = align(h, CAPTURE_ROW_ALIGN);
+        planes[0] = PlaneLayout {
+            bytesperline: bpl,
+            sizeimage: bpl * (rows + PLANAR_SLACK_ROWS),
+        };
+        let c = PlaneLayout {
+            bytesperline: bpl / 2,
+            sizeimage: bpl / 2 * (rows / 2 + PLANAR_SLACK_ROWS),
+        };
+        planes[1] = c;
+        planes[2] = c;
+        3
     } else {
         planes[0] = PlaneLayout {
             bytesperline: luma.bytesperline,
@@ -209,6 +234,14 @@ mod tests {
         let f = try_decoded(PIX_FMT_P010, 64, 64);
         assert_eq!(f.planes[0].bytesperline, 256);
         assert_eq!(try_decoded(0, 64, 64).fourcc, PIX_FMT_NV12);
+        // Planar: chroma lines half as long, every plane padded below.
+        let f = try_decoded(PIX_FMT_YUV420M, 1920, 1080);
+        assert_eq!((f.width, f.height, f.num_planes), (1920, 1088, 3));
+        assert_eq!(f.planes[0].bytesperline, 1920);
+        assert_eq!(f.planes[0].sizeimage, 1920 * (1152 + 4));
+        assert_eq!(f.planes[1], f.planes[2]);
+        assert_eq!(f.planes[1].bytesperline, 960);
+        assert_eq!(f.planes[1].sizeimage, 960 * (576 + 4));
     }
 
     #[test]

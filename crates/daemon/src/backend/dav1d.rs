@@ -57,7 +57,7 @@ use decoder_core::ctrl::av1::{
 use decoder_core::ctrl::Codec;
 
 use super::{
-    pixcopy, Backend, CaptureFormat, CaptureRetain, CaptureTarget, DecodeError, DecodeOutcome,
+    pixcopy, Backend, CapturePlane, CaptureRetain, CaptureTarget, DecodeError, DecodeOutcome,
     JobInput,
 };
 
@@ -257,6 +257,9 @@ struct InPlaceTarget {
     extent: usize,
     stride: usize,
     keep: Arc<dyn Send + Sync>,
+    /// The Cb and Cr planes of a three-plane (YUV420) target: first bytes,
+    /// bytes valid from each, and their common stride.
+    chroma: Option<([*mut u8; 2], [usize; 2], usize)>,
 }
 
 /// State of the session's `Dav1dPicAllocator` (its cookie).
@@ -387,12 +390,28 @@ unsafe extern "C" fn alloc_picture(pic: *mut ffi::Dav1dPicture, cookie: *mut c_v
                 .and_then(|n| n.checked_add(PICTURE_ALIGNMENT))
                 .is_some_and(|n| n <= t.extent)
     });
+    // With three planes, the chroma planes too.
+    let chroma_target = target
+        .as_ref()
+        .and_then(|t| t.chroma)
+        .filter(|(ptrs, extents, stride)| {
+            has_chroma
+                && *stride >= aw >> 1
+                && stride.is_multiple_of(PICTURE_ALIGNMENT)
+                && ptrs
+                    .iter()
+                    .all(|q| (*q as usize).is_multiple_of(PICTURE_ALIGNMENT))
+                && stride
+                    .checked_mul(ah >> 1)
+                    .and_then(|n| n.checked_add(PICTURE_ALIGNMENT))
+                    .is_some_and(|n| extents.iter().all(|e| n <= *e))
+        });
     let y_size = if target.is_some() {
         0
     } else {
         y_stride * ah + PICTURE_ALIGNMENT
     };
-    let uv_total = if has_chroma {
+    let uv_total = if has_chroma && chroma_target.is_none() {
         2 * (uv_size + PICTURE_ALIGNMENT)
     } else {
         0
@@ -430,7 +449,11 @@ unsafe extern "C" fn alloc_picture(pic: *mut ffi::Dav1dPicture, cookie: *mut c_v
             p.stride[0] = y_stride as isize;
         }
     }
-    if has_chroma {
+    if let Some((ptrs, _, stride)) = chroma_target {
+        p.data[1] = ptrs[0].cast();
+        p.data[2] = ptrs[1].cast();
+        uv_stride = stride;
+    } else if has_chroma {
         p.data[1] = at(y_size).cast();
         p.data[2] = at(y_size + uv_size + PICTURE_ALIGNMENT).cast();
     } else {
@@ -471,6 +494,8 @@ pub struct Dav1dAv1 {
     /// Pictures whose luma plane dav1d decoded straight into their CAPTURE
     /// buffer.
     in_place: u64,
+    /// Pictures whose every plane dav1d decoded into their CAPTURE buffer.
+    whole_in_place: u64,
     /// The current job's CAPTURE memory, retained (set around a decode).
     retain: Option<CaptureRetain>,
 }
@@ -496,6 +521,7 @@ impl Drop for Dav1dAv1 {
         let allocs = unsafe { (*self.alloc).in_place_allocs };
         tracing::debug!(
             in_place = self.in_place,
+            whole_in_place = self.whole_in_place,
             in_place_allocs = allocs,
             "dav1d session closed"
         );
@@ -567,6 +593,7 @@ impl Dav1dAv1 {
             tool_choice: TOOL_CHOICES[0],
             alloc,
             in_place: 0,
+            whole_in_place: 0,
             retain: None,
         })
     }
@@ -575,6 +602,12 @@ impl Dav1dAv1 {
     /// into their CAPTURE buffer (only the chroma was copied).
     pub fn in_place_pictures(&self) -> u64 {
         self.in_place
+    }
+
+    /// Pictures of this session dav1d decoded wholly into their
+    /// (three-plane) CAPTURE buffer: nothing was copied.
+    pub fn whole_in_place_pictures(&self) -> u64 {
+        self.whole_in_place
     }
 
     /// Offers (or with `None` withdraws) a CAPTURE luma plane to the next
@@ -776,8 +809,19 @@ impl Dav1dAv1 {
         let in_place = self
             .retain
             .as_ref()
-            .filter(|r| out.format == CaptureFormat::Nv12 && r.covers(out) && one_frame && !grain)
-            .map(|r| (r.clone(), out.luma.data.as_mut_ptr(), out.luma.stride));
+            .filter(|r| out.format.bit_depth() == 8 && r.covers(out) && one_frame && !grain)
+            .map(|r| {
+                let chroma = r.chroma_extents().zip(out.cr.as_mut()).map(|(e, cr)| {
+                    let ptrs = [out.chroma.data.as_mut_ptr(), cr.data.as_mut_ptr()];
+                    (ptrs, e, out.chroma.stride)
+                });
+                (
+                    r.clone(),
+                    out.luma.data.as_mut_ptr(),
+                    out.luma.stride,
+                    chroma,
+                )
+            });
         let mut result = Err(DecodeError::Corrupt("no attempt".into()));
         for (i, choice) in choices.iter().enumerate() {
             if i > 0 {
@@ -790,12 +834,17 @@ impl Dav1dAv1 {
                 bytes.extend(sequence_header_obu_with(&seq, *c)?);
             }
             bytes.extend_from_slice(frame_bytes);
-            self.offer(in_place.as_ref().map(|(r, ptr, stride)| InPlaceTarget {
-                ptr: *ptr,
-                extent: r.luma_extent(),
-                stride: *stride,
-                keep: r.keep_alive(),
-            }));
+            self.offer(
+                in_place
+                    .as_ref()
+                    .map(|(r, ptr, stride, chroma)| InPlaceTarget {
+                        ptr: *ptr,
+                        extent: r.luma_extent(),
+                        stride: *stride,
+                        keep: r.keep_alive(),
+                        chroma: *chroma,
+                    }),
+            );
             let fed = self.feed(&bytes, job.timestamp);
             self.offer(None);
             result = fed.and_then(|pics| {
@@ -819,11 +868,20 @@ impl Dav1dAv1 {
         let pics = result?;
         self.seq_sent = Some(seq_bytes);
         let pic = &pics.last().expect("checked above").0;
-        if pic.p.bpc == 8
-            && out.format == CaptureFormat::Nv12
-            && pic.data[0].cast_const().cast::<u8>() == out.luma.data.as_ptr()
-            && pic.stride[0] == out.luma.stride as isize
+        let at = |i: usize, p: &CapturePlane<'_>| {
+            pic.data[i].cast_const().cast::<u8>() == p.data.as_ptr()
+                && pic.stride[usize::from(i > 0)] == p.stride as isize
+        };
+        let luma_in_place = pic.p.bpc == 8 && out.format.bit_depth() == 8 && at(0, &out.luma);
+        if luma_in_place
+            && pic.p.layout == ffi::DAV1D_PIXEL_LAYOUT_I420
+            && at(1, &out.chroma)
+            && out.cr.as_ref().is_some_and(|cr| at(2, cr))
         {
+            // dav1d decoded every plane into the CAPTURE buffer.
+            self.in_place += 1;
+            self.whole_in_place += 1;
+        } else if luma_in_place {
             // dav1d decoded the luma plane into the CAPTURE buffer.
             copy_picture(pic, out, false)?;
             self.in_place += 1;
@@ -1253,12 +1311,12 @@ fn copy_picture(
     out: &mut CaptureTarget<'_>,
     luma: bool,
 ) -> Result<(), DecodeError> {
-    let (depth, fmt) = match p.p.bpc {
-        8 => (pixcopy::Depth::Bits8, CaptureFormat::Nv12),
-        10 => (pixcopy::Depth::Bits10, CaptureFormat::P010),
+    let depth = match p.p.bpc {
+        8 => pixcopy::Depth::Bits8,
+        10 => pixcopy::Depth::Bits10,
         b => return Err(DecodeError::Unsupported(format!("{b}-bit AV1"))),
     };
-    if fmt != out.format {
+    if out.format.bit_depth() != p.p.bpc as u32 {
         return Err(DecodeError::FormatMismatch(format!(
             "{}-bit picture into {:?}",
             p.p.bpc, out.format
@@ -1269,7 +1327,7 @@ fn copy_picture(
         ffi::DAV1D_PIXEL_LAYOUT_I400 => true,
         l => {
             return Err(DecodeError::Unsupported(format!(
-                "dav1d pixel layout {l} (only 4:2:0 and monochrome fit NV12/P010)"
+                "dav1d pixel layout {l} (only 4:2:0 and monochrome fit the CAPTURE formats)"
             )))
         }
     };
@@ -1346,6 +1404,70 @@ impl Backend for Dav1dAv1 {
         // harmless and makes the session independent of that.
         self.seq_sent = None;
     }
+}
+
+/// Decodes AV1 temporal units (one packet each, as in IVF) with dav1d
+/// directly, as a plain dav1d client does (one thread, its own picture
+/// allocator, visible frames only, no copy), and returns the number of
+/// pictures output: the speed baseline of the AV1 backend.
+pub fn plain_decode_packets(packets: &[&[u8]]) -> Result<usize, DecodeError> {
+    // SAFETY: Dav1dSettings is plain data, overwritten by
+    // dav1d_default_settings.
+    let mut s: ffi::Dav1dSettings = unsafe { std::mem::zeroed() };
+    // SAFETY: s is a valid, writable Dav1dSettings.
+    unsafe { ffi::dav1d_default_settings(&mut s) };
+    s.n_threads = 1;
+    s.max_frame_delay = 1;
+    s.logger.callback = None;
+    let mut ctx = ptr::null_mut();
+    // SAFETY: ctx and s are valid pointers for the call; s is only read.
+    let r = unsafe { ffi::dav1d_open(&mut ctx, &s) };
+    if r < 0 || ctx.is_null() {
+        return Err(DecodeError::Internal(format!("dav1d_open failed ({r})")));
+    }
+    let mut frames = 0;
+    let mut result = Ok(());
+    let mut get = |ctx: *mut ffi::Dav1dContext| -> c_int {
+        // SAFETY: Dav1dPicture is plain data; zeroed is the expected input.
+        let mut pic: ffi::Dav1dPicture = unsafe { std::mem::zeroed() };
+        // SAFETY: ctx is open and pic writable.
+        let r = unsafe { ffi::dav1d_get_picture(ctx, &mut pic) };
+        if r == 0 {
+            frames += 1;
+            // SAFETY: a picture dav1d output, unreferenced once.
+            unsafe { ffi::dav1d_picture_unref(&mut pic) };
+        }
+        r
+    };
+    'packets: for p in packets {
+        // SAFETY: Dav1dData is plain data; zero is its initial state.
+        let mut data: ffi::Dav1dData = unsafe { std::mem::zeroed() };
+        // SAFETY: data is valid; dav1d allocates p.len() bytes.
+        let buf = unsafe { ffi::dav1d_data_create(&mut data, p.len()) };
+        if buf.is_null() {
+            result = Err(DecodeError::Internal("dav1d_data_create failed".into()));
+            break;
+        }
+        // SAFETY: buf points to p.len() writable bytes owned by data.
+        unsafe { ptr::copy_nonoverlapping(p.as_ptr(), buf, p.len()) };
+        while data.sz > 0 {
+            // SAFETY: ctx is open; data owns its buffer.
+            let r = unsafe { ffi::dav1d_send_data(ctx, &mut data) };
+            let stuck = r == EAGAIN && get(ctx) != 0;
+            if (r < 0 && r != EAGAIN) || stuck {
+                result = Err(DecodeError::Corrupt(format!("dav1d_send_data: error {r}")));
+                // SAFETY: the data was not consumed and is ours to release.
+                unsafe { ffi::dav1d_data_unref(&mut data) };
+                break 'packets;
+            }
+            while get(ctx) == 0 {}
+        }
+    }
+    // Drain: dav1d_get_picture returns what is still buffered.
+    while get(ctx) == 0 {}
+    // SAFETY: ctx came from dav1d_open and is closed once.
+    unsafe { ffi::dav1d_close(&mut ctx) };
+    result.map(|()| frames)
 }
 
 #[cfg(test)]
@@ -1456,6 +1578,7 @@ mod tests {
 mod in_place_tests {
     use super::*;
     use crate::backend::test_mem::{decode_jobs, encode};
+    use crate::backend::CaptureFormat;
     use daedalus_client::av1::{Av1Options, Av1Parser};
     use daedalus_client::StreamParser;
 
@@ -1483,13 +1606,18 @@ mod in_place_tests {
             jobs.push(j);
         }
         assert!(jobs.len() >= 24);
-        let run = |stride, in_place| {
+        let run_as = |format, stride, in_place| {
             let mut b = Dav1dAv1::with_config(Dav1dConfig::default()).unwrap();
-            let (pics, kept) = decode_jobs(&mut b, Codec::Av1, &jobs, stride, in_place);
-            let n = b.in_place_pictures();
+            let (pics, kept) = decode_jobs(&mut b, Codec::Av1, &jobs, format, stride, in_place);
+            let n = (b.in_place_pictures(), b.whole_in_place_pictures());
             drop(b);
             // dav1d's references are gone with the session.
             assert!(kept.iter().all(|m| Arc::strong_count(m) == 1));
+            (pics, n)
+        };
+        let run = |stride, in_place| {
+            let (pics, (n, whole)) = run_as(CaptureFormat::Nv12, stride, in_place);
+            assert_eq!(whole, 0);
             (pics, n)
         };
         let (want, n) = run(256, false);
@@ -1506,6 +1634,14 @@ mod in_place_tests {
         // pictures.
         let (got, n) = run(192, true);
         assert_eq!(n, 0, "a stride below the padded width is never used");
+        assert!(got == want);
+        // Three planes: nothing copied at all.
+        let all = jobs.len() as u64;
+        let (got, n) = run_as(CaptureFormat::Yuv420, 256, true);
+        assert_eq!(n, (all, all), "pictures decoded wholly in place");
+        assert!(got == want, "three-plane pictures differ from NV12 copies");
+        let (got, n) = run_as(CaptureFormat::Yuv420, 256, false);
+        assert_eq!(n, (0, 0));
         assert!(got == want);
     }
 }

@@ -92,7 +92,7 @@ use decoder_core::ctrl::Codec;
 use ffmpeg_sys_next as ff;
 
 use super::{
-    pixcopy, Backend, CaptureFormat, CaptureRetain, CaptureTarget, DecodeError, DecodeOutcome,
+    pixcopy, Backend, CapturePlane, CaptureRetain, CaptureTarget, DecodeError, DecodeOutcome,
     JobInput,
 };
 
@@ -117,6 +117,18 @@ struct InPlaceTarget {
     stride: usize,
     /// Keeps the memory mapped; each picture allocated in it holds a clone.
     keep: Arc<dyn Send + Sync>,
+    /// The Cb and Cr planes of a three-plane (YUV420) target.
+    chroma: Option<InPlaceChroma>,
+}
+
+/// The Cb and Cr planes of a three-plane CAPTURE buffer.
+struct InPlaceChroma {
+    /// First byte of the Cb and of the Cr plane.
+    ptr: [*mut u8; 2],
+    /// Bytes valid from each ([`CaptureRetain::chroma_extents`]).
+    extent: [usize; 2],
+    /// Bytes per row of both.
+    stride: usize,
 }
 
 /// Buffer pools for the 8-bit 4:2:0 (or 4:0:0) pictures of one format and
@@ -132,6 +144,8 @@ struct FramePools {
     /// Bytes libavcodec may touch from a luma plane's first byte
     /// (`luma_linesize` times the padded height).
     luma_size: usize,
+    /// The same for a chroma plane.
+    chroma_size: usize,
     /// Alignment of plane starts and line sizes libavcodec asks for.
     align: usize,
     luma: *mut ff::AVBufferPool,
@@ -214,6 +228,7 @@ impl FramePools {
             luma_linesize,
             chroma_linesize,
             luma_size,
+            chroma_size,
             align,
             luma,
             chroma,
@@ -240,6 +255,29 @@ unsafe extern "C" fn release_capture(opaque: *mut std::ffi::c_void, _data: *mut 
     // SAFETY: `opaque` is the `Box<Arc<..>>` leaked by `alloc_picture` for
     // this buffer; libavutil calls the free callback exactly once.
     drop(unsafe { Box::from_raw(opaque.cast::<Arc<dyn Send + Sync>>()) });
+}
+
+/// A libavutil buffer over `size` bytes of CAPTURE memory at `ptr` that
+/// holds a clone of `keep` until libavcodec's last reference to it goes;
+/// null when out of memory.
+///
+/// # Safety
+///
+/// `ptr` points at `size` bytes that stay mapped while `keep` lives.
+unsafe fn capture_buffer(
+    ptr: *mut u8,
+    size: usize,
+    keep: &Arc<dyn Send + Sync>,
+) -> *mut ff::AVBufferRef {
+    let opaque = Box::into_raw(Box::new(keep.clone()));
+    // SAFETY: per the contract; the buffer owns `opaque` and drops it in
+    // its free callback, once.
+    let b = unsafe { ff::av_buffer_create(ptr, size, Some(release_capture), opaque.cast(), 0) };
+    if b.is_null() {
+        // SAFETY: not handed to libavutil; reclaimed once.
+        drop(unsafe { Box::from_raw(opaque) });
+    }
+    b
 }
 
 /// A pool buffer's data rounded up to `align`.
@@ -326,26 +364,27 @@ impl CaptureSlot {
         let mut luma: *mut ff::AVBufferRef = ptr::null_mut();
         let mut luma_data: *mut u8 = ptr::null_mut();
         let first = self.allocations == self.send_start;
+        // The CAPTURE planes this picture may take: the luma plane, and
+        // with three planes the chroma planes too.
+        let mut chroma_target = None;
         if let Some(t) = self.target.as_ref().filter(|t| {
             first
                 && t.stride == p.luma_linesize
                 && (t.ptr as usize).is_multiple_of(p.align)
                 && t.extent >= p.luma_size + PLANE_SLACK
         }) {
-            let keep = Box::into_raw(Box::new(t.keep.clone()));
             // SAFETY: `t.ptr` points at `t.extent` >= `luma_size` bytes that
             // stay mapped while `keep` lives (`CaptureRetain::new`'s
-            // contract); the buffer owns `keep` and drops it in its free
-            // callback, once, when libavcodec's last reference goes.
-            let b = unsafe {
-                ff::av_buffer_create(t.ptr, p.luma_size, Some(release_capture), keep.cast(), 0)
-            };
-            if b.is_null() {
-                // SAFETY: not handed to libavutil; reclaimed once.
-                drop(unsafe { Box::from_raw(keep) });
-            } else {
-                luma = b;
+            // contract).
+            luma = unsafe { capture_buffer(t.ptr, p.luma_size, &t.keep) };
+            if !luma.is_null() {
                 luma_data = t.ptr;
+                chroma_target = t.chroma.as_ref().filter(|c| {
+                    !gray
+                        && c.stride == p.chroma_linesize
+                        && c.ptr.iter().all(|q| (*q as usize).is_multiple_of(p.align))
+                        && c.extent.iter().all(|e| *e >= p.chroma_size + PLANE_SLACK)
+                });
             }
         }
         if luma.is_null() {
@@ -362,17 +401,29 @@ impl CaptureSlot {
         f.linesize[0] = p.luma_linesize as c_int;
         if !gray {
             for i in 1..3 {
-                // SAFETY: a valid pool; null checked (the frame's buffers
-                // are released by av_frame_unref on failure).
-                let b = unsafe { ff::av_buffer_pool_get(p.chroma) };
+                let (b, data) = match (chroma_target, self.target.as_ref()) {
+                    (Some(c), Some(t)) => {
+                        // SAFETY: as for the luma plane, for the Cb (Cr)
+                        // plane and its extent.
+                        let b = unsafe { capture_buffer(c.ptr[i - 1], p.chroma_size, &t.keep) };
+                        (b, c.ptr[i - 1])
+                    }
+                    _ => {
+                        // SAFETY: a valid pool.
+                        let b = unsafe { ff::av_buffer_pool_get(p.chroma) };
+                        // SAFETY: a buffer of this pool, when not null.
+                        let d = (!b.is_null()).then(|| unsafe { aligned_data(b, p.align) });
+                        (b, d.unwrap_or(ptr::null_mut()))
+                    }
+                };
                 if b.is_null() {
-                    // SAFETY: the frame owns the buffers set so far.
+                    // SAFETY: the frame owns the buffers set so far (the
+                    // frame's buffers are released by av_frame_unref).
                     unsafe { ff::av_frame_unref(frame) };
                     return Some(-(ff::ENOMEM));
                 }
                 f.buf[i] = b;
-                // SAFETY: a buffer of this pool.
-                f.data[i] = unsafe { aligned_data(b, p.align) };
+                f.data[i] = data;
                 f.linesize[i] = p.chroma_linesize as c_int;
             }
         }
@@ -440,8 +491,11 @@ struct Session {
     /// Pictures libavcodec output (and `send` dropped).
     drained: u64,
     /// Pictures whose luma plane was decoded straight into the CAPTURE
-    /// buffer (only the chroma copied).
+    /// buffer (only the chroma copied, if anything).
     in_place: u64,
+    /// Pictures whose every plane was decoded straight into the CAPTURE
+    /// buffer (nothing copied).
+    whole_in_place: u64,
     /// Pictures copied whole into their CAPTURE buffer.
     copied: u64,
 }
@@ -529,6 +583,7 @@ impl Session {
             last_alloc_seen: 0,
             drained: 0,
             in_place: 0,
+            whole_in_place: 0,
             copied: 0,
         };
         // SAFETY: `slot` was just created from a Box and is owned by `s`.
@@ -671,39 +726,54 @@ impl Session {
         })
     }
 
-    /// Puts the captured picture into the CAPTURE target (NV12 or P010):
-    /// when libavcodec decoded its luma plane straight into the target's,
-    /// only the chroma planes are interleaved into it
-    /// ([`pixcopy::write_chroma`]); otherwise the whole picture is copied
-    /// ([`pixcopy::write_capture`]).
+    /// Puts the captured picture into the CAPTURE target: nothing to do
+    /// when libavcodec decoded every plane straight into the target's
+    /// (three planes); only the chroma when it decoded the luma plane in
+    /// place ([`pixcopy::write_chroma`]); otherwise the whole picture is
+    /// copied ([`pixcopy::write_capture`]).
     fn copy_out(&mut self, out: &mut CaptureTarget<'_>) -> Result<(), DecodeError> {
         let pic = self.picture()?;
-        let in_place = out.format == CaptureFormat::Nv12
-            && !pic.bits10
-            && pic.frame.data[0].cast_const() == out.luma.data.as_ptr()
-            && pic.frame.linesize[0] as usize == out.luma.stride;
-        if in_place {
+        let at = |i: usize, p: &CapturePlane<'_>| {
+            pic.frame.data[i].cast_const() == p.data.as_ptr()
+                && pic.frame.linesize[i] as usize == p.stride
+        };
+        let luma_in_place = out.format.bit_depth() == 8 && !pic.bits10 && at(0, &out.luma);
+        let chroma_in_place = luma_in_place
+            && !pic.gray
+            && at(1, &out.chroma)
+            && out.cr.as_ref().is_some_and(|cr| at(2, cr));
+        if chroma_in_place {
+            self.in_place += 1;
+            self.whole_in_place += 1;
+        } else if luma_in_place {
             pixcopy::write_chroma(&pic, out)?;
             self.in_place += 1;
-            Ok(())
         } else {
             pixcopy::write_capture(&pic, out)?;
             self.copied += 1;
-            Ok(())
         }
+        Ok(())
     }
 
-    /// Offers the job's CAPTURE luma plane to the allocator for the next
-    /// send when `retain` keeps it mapped (NV12 targets only), or withdraws
+    /// Offers the job's CAPTURE planes to the allocator for the next send
+    /// when `retain` keeps them mapped (8-bit targets only), or withdraws
     /// the offer (`None`).
     fn offer_target(&mut self, out: &mut CaptureTarget<'_>, retain: Option<&CaptureRetain>) {
         let target = retain
-            .filter(|r| out.format == CaptureFormat::Nv12 && r.covers(out))
+            .filter(|r| out.format.bit_depth() == 8 && r.covers(out))
             .map(|r| InPlaceTarget {
                 ptr: out.luma.data.as_mut_ptr(),
                 extent: r.luma_extent(),
                 stride: out.luma.stride,
                 keep: r.keep_alive(),
+                chroma: r
+                    .chroma_extents()
+                    .zip(out.cr.as_mut())
+                    .map(|(extent, cr)| InPlaceChroma {
+                        ptr: [out.chroma.data.as_mut_ptr(), cr.data.as_mut_ptr()],
+                        extent,
+                        stride: out.chroma.stride,
+                    }),
             });
         // SAFETY: the slot is only written by the callback, which runs only
         // inside `send`, not now.
@@ -721,6 +791,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         tracing::debug!(
             in_place = self.in_place,
+            whole_in_place = self.whole_in_place,
             copied = self.copied,
             "libavcodec session closed"
         );
@@ -770,9 +841,16 @@ impl std::fmt::Debug for CaptureSlot {
 
 impl FfmpegH264 {
     /// Pictures of this session whose luma plane libavcodec decoded
-    /// straight into their CAPTURE buffer (only the chroma was copied).
+    /// straight into their CAPTURE buffer (only the chroma was copied, if
+    /// anything).
     pub fn in_place_pictures(&self) -> u64 {
         self.s.in_place
+    }
+
+    /// Pictures of this session libavcodec decoded wholly into their
+    /// (three-plane) CAPTURE buffer: nothing was copied.
+    pub fn whole_in_place_pictures(&self) -> u64 {
+        self.s.whole_in_place
     }
 
     /// Opens libavcodec's H.264 decoder for one session.
@@ -1189,9 +1267,16 @@ pub struct FfmpegVpx {
 
 impl FfmpegVpx {
     /// Pictures of this session whose luma plane libavcodec decoded
-    /// straight into their CAPTURE buffer (only the chroma was copied).
+    /// straight into their CAPTURE buffer (only the chroma was copied, if
+    /// anything).
     pub fn in_place_pictures(&self) -> u64 {
         self.s.in_place
+    }
+
+    /// Pictures of this session libavcodec decoded wholly into their
+    /// (three-plane) CAPTURE buffer: nothing was copied.
+    pub fn whole_in_place_pictures(&self) -> u64 {
+        self.s.whole_in_place
     }
 
     /// Opens libavcodec's VP8 or VP9 decoder for one session.
@@ -1336,12 +1421,10 @@ impl FfmpegVpx {
                 size.0, size.1, out.width, out.height
             )));
         }
-        let want = match depth {
-            8 => CaptureFormat::Nv12,
-            10 => CaptureFormat::P010,
-            d => return Err(DecodeError::Unsupported(format!("{d}-bit VP9"))),
-        };
-        if out.format != want {
+        if depth != 8 && depth != 10 {
+            return Err(DecodeError::Unsupported(format!("{depth}-bit VP9")));
+        }
+        if out.format.bit_depth() != u32::from(depth) {
             return Err(DecodeError::FormatMismatch(format!(
                 "{depth}-bit frame into {:?}",
                 out.format
@@ -1414,7 +1497,7 @@ impl Backend for FfmpegVpx {
             return self.fail(e);
         }
         match self.s.picture() {
-            Ok(p) if p.bits10 != (out.format == CaptureFormat::P010) => {
+            Ok(p) if p.bits10 != (out.format.bit_depth() == 10) => {
                 return self.fail(DecodeError::FormatMismatch(
                     "decoded bit depth differs from the controls".into(),
                 ));
@@ -1494,9 +1577,16 @@ pub struct FfmpegHevc {
 
 impl FfmpegHevc {
     /// Pictures of this session whose luma plane libavcodec decoded
-    /// straight into their CAPTURE buffer (only the chroma was copied).
+    /// straight into their CAPTURE buffer (only the chroma was copied, if
+    /// anything).
     pub fn in_place_pictures(&self) -> u64 {
         self.s.in_place
+    }
+
+    /// Pictures of this session libavcodec decoded wholly into their
+    /// (three-plane) CAPTURE buffer: nothing was copied.
+    pub fn whole_in_place_pictures(&self) -> u64 {
+        self.s.whole_in_place
     }
 
     /// Opens libavcodec's HEVC decoder for one session.
@@ -1551,10 +1641,11 @@ impl FfmpegHevc {
                 out.height
             )));
         }
-        if sps.bit_depth_luma_minus8 > 0 && out.format == CaptureFormat::Nv12 {
-            return Err(DecodeError::FormatMismatch(
-                "10-bit picture into NV12".into(),
-            ));
+        if sps.bit_depth_luma_minus8 > 0 && out.format.bit_depth() == 8 {
+            return Err(DecodeError::FormatMismatch(format!(
+                "10-bit picture into {:?}",
+                out.format
+            )));
         }
         let annex_b = c.get_int(V4L2_CID_STATELESS_HEVC_START_CODE)
             == Some(V4L2_STATELESS_HEVC_START_CODE_ANNEX_B);
@@ -1866,13 +1957,21 @@ pub fn plain_decode_packets(codec: Codec, packets: &[&[u8]]) -> Result<usize, De
 mod in_place_tests {
     use super::*;
     use crate::backend::test_mem::{decode_jobs, encode, Mem};
+    use crate::backend::CaptureFormat;
     use crate::backend::CapturePlane;
     use daedalus_client::h264::{H264Parser, Packing};
     use daedalus_client::StreamParser;
 
     fn decode(jobs: &[daedalus_client::Job], stride: usize, in_place: bool) -> (Vec<Vec<u8>>, u64) {
         let mut backend = FfmpegH264::new().unwrap();
-        let (pictures, kept) = decode_jobs(&mut backend, Codec::H264, jobs, stride, in_place);
+        let (pictures, kept) = decode_jobs(
+            &mut backend,
+            Codec::H264,
+            jobs,
+            CaptureFormat::Nv12,
+            stride,
+            in_place,
+        );
         let n = backend.in_place_pictures();
         drop(backend);
         // libavcodec's references are gone with the session: only the
@@ -1881,8 +1980,7 @@ mod in_place_tests {
         (pictures, n)
     }
 
-    #[test]
-    fn h264_luma_is_decoded_in_place_and_matches_the_copy() {
+    fn h264_jobs() -> Vec<daedalus_client::Job> {
         let file = encode(
             "ibp.264",
             &[
@@ -1900,6 +1998,12 @@ mod in_place_tests {
         }
         let _ = std::fs::remove_file(&file);
         assert_eq!(jobs.len(), 24);
+        jobs
+    }
+
+    #[test]
+    fn h264_luma_is_decoded_in_place_and_matches_the_copy() {
+        let jobs = h264_jobs();
         let (want, n) = decode(&jobs, 256, false);
         assert_eq!(n, 0, "no retained memory: every picture copied");
         // A 64-byte multiple stride: every picture decoded in place.
@@ -1912,6 +2016,86 @@ mod in_place_tests {
         let (got, n) = decode(&jobs, 168, true);
         assert_eq!(n, 0);
         assert!(got == want, "fallback pictures differ");
+    }
+
+    /// Decodes `jobs` into three-plane buffers; returns the pictures and
+    /// how many were decoded wholly in place.
+    fn decode_planar(
+        backend: &mut dyn Backend,
+        codec: Codec,
+        jobs: &[daedalus_client::Job],
+        stride: usize,
+        in_place: bool,
+    ) -> Vec<Vec<u8>> {
+        let (pictures, kept) = decode_jobs(
+            backend,
+            codec,
+            jobs,
+            CaptureFormat::Yuv420,
+            stride,
+            in_place,
+        );
+        backend.reset();
+        drop(kept);
+        pictures
+    }
+
+    #[test]
+    fn h264_and_vp9_decode_wholly_in_place_into_three_planes() {
+        let jobs = h264_jobs();
+        let (want, _) = decode(&jobs, 256, false);
+        let mut b = FfmpegH264::new().unwrap();
+        let got = decode_planar(&mut b, Codec::H264, &jobs, 256, true);
+        assert_eq!(b.whole_in_place_pictures(), jobs.len() as u64);
+        assert!(got == want, "three-plane pictures differ from NV12 copies");
+        // Not retained: copied plane by plane, same pictures.
+        let mut b = FfmpegH264::new().unwrap();
+        let got = decode_planar(&mut b, Codec::H264, &jobs, 256, false);
+        assert_eq!((b.in_place_pictures(), b.whole_in_place_pictures()), (0, 0));
+        assert!(got == want);
+
+        let file = encode(
+            "vp9.ivf",
+            &[
+                "-c:v",
+                "libvpx-vp9",
+                "-g",
+                "8",
+                "-lag-in-frames",
+                "8",
+                "-auto-alt-ref",
+                "1",
+            ],
+            "176x100",
+        );
+        let mut parser =
+            daedalus_client::vp9::Vp9Parser::new(std::fs::read(&file).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&file);
+        let mut jobs = Vec::new();
+        while let Some(j) = parser.next_job().unwrap() {
+            jobs.push(j);
+        }
+        assert!(jobs.len() >= 24);
+        let run = |format, in_place| {
+            let mut b = FfmpegVpx::new(Codec::Vp9).unwrap();
+            let (pics, kept) = decode_jobs(&mut b, Codec::Vp9, &jobs, format, 256, in_place);
+            let n = (b.in_place_pictures(), b.whole_in_place_pictures());
+            drop(b);
+            assert!(kept.iter().all(|m| Arc::strong_count(m) == 1));
+            (pics, n)
+        };
+        let (want, n) = run(CaptureFormat::Nv12, false);
+        assert_eq!(n, (0, 0));
+        let (got, n) = run(CaptureFormat::Nv12, true);
+        assert_eq!(n, (jobs.len() as u64, 0));
+        assert!(got == want, "VP9 pictures with the luma in place differ");
+        let (got, n) = run(CaptureFormat::Yuv420, true);
+        assert_eq!(n, (jobs.len() as u64, jobs.len() as u64));
+        assert!(
+            got == want,
+            "three-plane VP9 pictures differ from NV12 copies"
+        );
+        assert_ne!(want[0], want[want.len() - 1]);
     }
 
     #[test]
@@ -1941,10 +2125,20 @@ mod in_place_tests {
                 data: b.bytes(),
                 stride: 64,
             },
+            cr: None,
         };
         // SAFETY: `a` is retained; `b` outlives `r` (declared before it).
         let r = unsafe { CaptureRetain::new(a.clone(), &t) };
         assert_eq!(r.luma_extent(), 64 * 16);
+        assert_eq!(r.chroma_extents(), None);
+        // Three planes: each its own extent, never merged.
+        let c = Mem::new(32 * 8);
+        let t = CaptureTarget::planar(64, 16, a.plane(64), c.plane(32), b.plane(32)).unwrap();
+        // SAFETY: `a`, `b` and `c` outlive `r`.
+        let r = unsafe { CaptureRetain::new(a.clone(), &t) };
+        assert!(r.covers(&t));
+        assert_eq!(r.luma_extent(), 64 * 16);
+        assert_eq!(r.chroma_extents(), Some([32 * 8, 64 * 8]));
     }
 }
 

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use decoder_core::ctrl::{Codec, ControlValues};
-use decoder_core::fmt::{PIX_FMT_NV12, PIX_FMT_NV12M, PIX_FMT_P010};
+use decoder_core::fmt::{PIX_FMT_NV12, PIX_FMT_NV12M, PIX_FMT_P010, PIX_FMT_YUV420M};
 
 pub mod dav1d;
 pub mod ffmpeg;
@@ -77,6 +77,9 @@ pub enum CaptureFormat {
     /// 10-bit 4:2:0 in 16-bit little-endian samples holding the value in
     /// their 10 most significant bits; Y plane then interleaved CbCr.
     P010,
+    /// 8-bit 4:2:0 in three planes, Y, Cb and Cr (the layout libavcodec and
+    /// dav1d decode into, so no plane needs a copy).
+    Yuv420,
 }
 
 impl CaptureFormat {
@@ -86,6 +89,7 @@ impl CaptureFormat {
         match fourcc {
             PIX_FMT_NV12 | PIX_FMT_NV12M => Some(Self::Nv12),
             PIX_FMT_P010 => Some(Self::P010),
+            PIX_FMT_YUV420M => Some(Self::Yuv420),
             _ => None,
         }
     }
@@ -93,8 +97,25 @@ impl CaptureFormat {
     /// Bytes per sample.
     pub fn sample_bytes(self) -> usize {
         match self {
-            Self::Nv12 => 1,
+            Self::Nv12 | Self::Yuv420 => 1,
             Self::P010 => 2,
+        }
+    }
+
+    /// Bits per sample of the pictures the format holds.
+    pub fn bit_depth(self) -> u32 {
+        match self {
+            Self::Nv12 | Self::Yuv420 => 8,
+            Self::P010 => 10,
+        }
+    }
+
+    /// Bytes of a chroma row of a `width`-pixel picture: an interleaved
+    /// CbCr row (rounded up to whole pairs), or one Cb (Cr) row.
+    pub fn chroma_row(self, width: usize) -> usize {
+        match self {
+            Self::Nv12 | Self::P010 => width.div_ceil(2) * 2 * self.sample_bytes(),
+            Self::Yuv420 => width.div_ceil(2),
         }
     }
 }
@@ -119,14 +140,19 @@ pub struct CaptureTarget<'a> {
     pub height: u32,
     /// Luma plane: `height` rows.
     pub luma: CapturePlane<'a>,
-    /// Interleaved chroma plane: `height / 2` rows (rounded up).
+    /// Chroma plane, `height / 2` rows (rounded up): interleaved CbCr, or
+    /// the Cb plane of [`CaptureFormat::Yuv420`].
     pub chroma: CapturePlane<'a>,
+    /// The Cr plane of [`CaptureFormat::Yuv420`] (as many rows as
+    /// `chroma`); `None` for the other formats.
+    pub cr: Option<CapturePlane<'a>>,
 }
 
 impl<'a> CaptureTarget<'a> {
     /// A target over one contiguous buffer (`V4L2_PIX_FMT_NV12` / `P010`):
     /// the chroma plane starts right after `stride * height` luma bytes.
-    /// `None` when the buffer is too small or the stride too narrow.
+    /// `None` when the buffer is too small, the stride too narrow, or the
+    /// format planar.
     pub fn contiguous(
         format: CaptureFormat,
         width: u32,
@@ -137,7 +163,7 @@ impl<'a> CaptureTarget<'a> {
         let h = height as usize;
         // The interleaved chroma row (rounded up to whole pairs) is the
         // widest row.
-        if stride < (width as usize).div_ceil(2) * 2 * format.sample_bytes() {
+        if format == CaptureFormat::Yuv420 || stride < format.chroma_row(width as usize) {
             return None;
         }
         let luma_len = stride.checked_mul(h)?;
@@ -155,21 +181,47 @@ impl<'a> CaptureTarget<'a> {
                 data: &mut chroma[..chroma_len],
                 stride,
             },
+            cr: None,
         })
+    }
+
+    /// A target over three planes (`V4L2_PIX_FMT_YUV420M`), checked.
+    pub fn planar(
+        width: u32,
+        height: u32,
+        luma: CapturePlane<'a>,
+        cb: CapturePlane<'a>,
+        cr: CapturePlane<'a>,
+    ) -> Result<Self, DecodeError> {
+        let t = Self {
+            format: CaptureFormat::Yuv420,
+            width,
+            height,
+            luma,
+            chroma: cb,
+            cr: Some(cr),
+        };
+        t.check()?;
+        Ok(t)
     }
 
     /// Checks that the planes can hold `width` x `height` pixels of the
     /// format; backends call this before writing.
     pub fn check(&self) -> Result<(), DecodeError> {
-        let sb = self.format.sample_bytes();
-        let luma_row = self.width as usize * sb;
-        // Interleaved CbCr: one pair per two luma columns, rounded up.
-        let chroma_row = (self.width as usize).div_ceil(2) * 2 * sb;
+        let luma_row = self.width as usize * self.format.sample_bytes();
+        let chroma_row = self.format.chroma_row(self.width as usize);
         let h = self.height as usize;
         let ok = |p: &CapturePlane<'_>, rows: usize, row: usize| {
             p.stride >= row && (rows == 0 || p.data.len() >= (rows - 1) * p.stride + row)
         };
-        if ok(&self.luma, h, luma_row) && ok(&self.chroma, h.div_ceil(2), chroma_row) {
+        let cr_ok = match (self.format, &self.cr) {
+            (CaptureFormat::Yuv420, Some(cr)) => {
+                cr.stride == self.chroma.stride && ok(cr, h.div_ceil(2), chroma_row)
+            }
+            (CaptureFormat::Yuv420, None) => false,
+            (_, cr) => cr.is_none(),
+        };
+        if ok(&self.luma, h, luma_row) && ok(&self.chroma, h.div_ceil(2), chroma_row) && cr_ok {
             Ok(())
         } else {
             Err(DecodeError::CaptureTooSmall)
@@ -182,28 +234,34 @@ impl<'a> CaptureTarget<'a> {
 /// as a reference picture (what a hardware decoder does with its CAPTURE
 /// buffers).
 ///
-/// It is tied to one [`CaptureTarget`] (its luma plane's address and
-/// stride) and holds a reference on whatever owns that memory (the
-/// registered buffer). A backend that keeps a pointer into the target after
-/// the job keeps a clone of [`CaptureRetain::keep_alive`] with it, so the
-/// memory can never be unmapped under it, whatever the client does with the
-/// buffer. Its *content* is the client's business: the stateless uAPI
-/// forbids requeueing a CAPTURE buffer that holds a picture still used as a
+/// It is tied to one [`CaptureTarget`] (its planes' addresses and strides)
+/// and holds a reference on whatever owns that memory (the registered
+/// buffer). A backend that keeps a pointer into the target after the job
+/// keeps a clone of [`CaptureRetain::keep_alive`] with it, so the memory can
+/// never be unmapped under it, whatever the client does with the buffer.
+/// Its *content* is the client's business: the stateless uAPI forbids
+/// requeueing a CAPTURE buffer that holds a picture still used as a
 /// reference, so a conforming client never overwrites one.
 #[derive(Clone)]
 pub struct CaptureRetain {
     keep: Arc<dyn Send + Sync>,
-    luma_addr: usize,
-    luma_stride: usize,
-    luma_extent: usize,
+    /// Y, chroma (CbCr or Cb) and Cr (or an empty span).
+    planes: [RetainedPlane; 3],
+}
+
+/// Where one retained plane is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RetainedPlane {
+    addr: usize,
+    stride: usize,
+    /// Bytes valid from `addr`.
+    extent: usize,
 }
 
 impl std::fmt::Debug for CaptureRetain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaptureRetain")
-            .field("luma_addr", &self.luma_addr)
-            .field("luma_stride", &self.luma_stride)
-            .field("luma_extent", &self.luma_extent)
+            .field("planes", &self.planes)
             .finish()
     }
 }
@@ -219,29 +277,49 @@ impl CaptureRetain {
     /// be ordinary memory that needs no access bracketing (a memfd or heap
     /// memory, not a dmabuf whose CPU access must be synced).
     pub unsafe fn new(keep: Arc<dyn Send + Sync>, target: &CaptureTarget<'_>) -> Self {
-        let luma = &target.luma.data;
-        let chroma = &target.chroma.data;
+        let span = |p: &CapturePlane<'_>| RetainedPlane {
+            addr: p.data.as_ptr() as usize,
+            stride: p.stride,
+            extent: p.data.len(),
+        };
+        let mut planes = [
+            span(&target.luma),
+            span(&target.chroma),
+            target.cr.as_ref().map(span).unwrap_or_default(),
+        ];
         // A contiguous buffer (NV12): the chroma plane starts where the luma
-        // plane ends, so bytes past the luma plane are the target's too.
-        let adjacent = luma.as_ptr() as usize + luma.len() == chroma.as_ptr() as usize;
-        Self {
-            keep,
-            luma_addr: luma.as_ptr() as usize,
-            luma_stride: target.luma.stride,
-            luma_extent: luma.len() + if adjacent { chroma.len() } else { 0 },
+        // plane ends, so bytes past the luma plane are the target's too
+        // (the chroma is written after the decode). Not for three planes,
+        // which are all decoded in place.
+        if target.cr.is_none() && planes[0].addr + planes[0].extent == planes[1].addr {
+            planes[0].extent += planes[1].extent;
         }
+        Self { keep, planes }
     }
 
-    /// True when this retains `target`'s memory (the same luma plane).
+    /// True when this retains `target`'s memory (the same planes).
     pub fn covers(&self, target: &CaptureTarget<'_>) -> bool {
-        target.luma.data.as_ptr() as usize == self.luma_addr
-            && target.luma.stride == self.luma_stride
+        let same = |r: &RetainedPlane, p: &CapturePlane<'_>| {
+            p.data.as_ptr() as usize == r.addr && p.stride == r.stride
+        };
+        same(&self.planes[0], &target.luma)
+            && same(&self.planes[1], &target.chroma)
+            && match &target.cr {
+                Some(cr) => same(&self.planes[2], cr),
+                None => self.planes[2].extent == 0,
+            }
     }
 
     /// Bytes from the luma plane's first byte that stay valid: the luma
     /// plane, plus the chroma plane when it follows directly.
     pub fn luma_extent(&self) -> usize {
-        self.luma_extent
+        self.planes[0].extent
+    }
+
+    /// Bytes valid from the first byte of the Cb and of the Cr plane of a
+    /// [`CaptureFormat::Yuv420`] target; `None` for the other formats.
+    pub fn chroma_extents(&self) -> Option<[usize; 2]> {
+        (self.planes[2].extent > 0).then_some([self.planes[1].extent, self.planes[2].extent])
     }
 
     /// A reference on the owner of the memory.
@@ -311,8 +389,10 @@ pub trait Backend: Send {
     /// Decodes one job.
     ///
     /// Must produce, on `Ok(Decoded)`: exactly this job's picture (the one
-    /// its bitstream codes, not a reordered one) in `out`, every pixel of
-    /// `out.width` x `out.height` written in `out.format`. On `Ok(Held)`: the
+    /// its bitstream codes, not a reordered one) in `out`, in `out.format`,
+    /// every pixel of `out.width` x `out.height` written (a picture decoded
+    /// in place may leave the alignment padding beyond its coded size as
+    /// the decoder left it). On `Ok(Held)`: the
     /// job's data kept for the picture's next slices, `out` untouched. On
     /// `Err`: `out` contents unspecified, the session consistent again (at
     /// worst waiting for a key frame). Must check that every timestamp in
@@ -361,6 +441,7 @@ pub fn open(codec: Codec) -> Result<Box<dyn Backend>, DecodeError> {
 pub(crate) mod test_mem {
     use super::*;
     use decoder_core::ctrl::validate_write;
+    use decoder_core::fmt;
 
     /// Heap memory with the alignment decoders want, owned by an `Arc` like
     /// a registered buffer's mapping.
@@ -389,6 +470,14 @@ pub(crate) mod test_mem {
         pub fn bytes(&self) -> &mut [u8] {
             // SAFETY: `ptr` is `layout.size()` bytes owned by self.
             unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+        }
+
+        /// The bytes as a plane of `stride` bytes per row.
+        pub fn plane(&self, stride: usize) -> CapturePlane<'_> {
+            CapturePlane {
+                data: self.bytes(),
+                stride,
+            }
         }
     }
 
@@ -425,15 +514,17 @@ pub(crate) mod test_mem {
         out
     }
 
-    /// Decodes `jobs` (whole pictures) into NV12 buffers of `stride` bytes
-    /// per line, each picture its own buffer (never reused, as a client
-    /// keeps reference pictures), with the memory retained (`in_place`) or
-    /// not. Returns the visible NV12 bytes of every picture and the
-    /// buffers.
+    /// Decodes `jobs` (whole pictures) into `format` (NV12 or YUV420)
+    /// buffers of `stride` luma bytes per line (YUV420: planes padded as
+    /// `fmt::try_decoded` does), each picture its own buffer (never reused,
+    /// as a client keeps reference pictures), with the memory retained
+    /// (`in_place`) or not. Returns the visible rectangle of every picture
+    /// packed as NV12, and the buffers.
     pub fn decode_jobs(
         backend: &mut dyn Backend,
         codec: Codec,
         jobs: &[daedalus_client::Job],
+        format: CaptureFormat,
         stride: usize,
         in_place: bool,
     ) -> (Vec<Vec<u8>>, Vec<Arc<Mem>>) {
@@ -447,10 +538,30 @@ pub(crate) mod test_mem {
             let mut refs = Vec::new();
             (codec.desc().reference_timestamps)(&effective, &mut refs);
             let (w, h) = job.picture.coded;
-            let (wu, hu) = (w as usize, h as usize);
-            let mem = Mem::new(stride * (hu + hu.div_ceil(2)));
-            let mut t =
-                CaptureTarget::contiguous(CaptureFormat::Nv12, w, h, stride, mem.bytes()).unwrap();
+            let hu = h as usize;
+            let (ch, cs) = (hu.div_ceil(2), stride / 2);
+            let rows = (h.div_ceil(16) * 16).div_ceil(fmt::CAPTURE_ROW_ALIGN) as usize
+                * fmt::CAPTURE_ROW_ALIGN as usize;
+            let slack = fmt::PLANAR_SLACK_ROWS as usize;
+            let mems = match format {
+                CaptureFormat::Yuv420 => vec![
+                    Mem::new(stride * (rows + slack)),
+                    Mem::new(cs * (rows / 2 + slack)),
+                    Mem::new(cs * (rows / 2 + slack)),
+                ],
+                _ => vec![Mem::new(stride * (hu + ch))],
+            };
+            let mut t = match format {
+                CaptureFormat::Yuv420 => CaptureTarget::planar(
+                    w,
+                    h,
+                    mems[0].plane(stride),
+                    mems[1].plane(cs),
+                    mems[2].plane(cs),
+                )
+                .unwrap(),
+                _ => CaptureTarget::contiguous(format, w, h, stride, mems[0].bytes()).unwrap(),
+            };
             let input = JobInput {
                 codec,
                 controls: &effective,
@@ -459,19 +570,39 @@ pub(crate) mod test_mem {
                 flags: JobFlags::default(),
                 references: &refs,
             };
-            let keep: Arc<dyn Send + Sync> = mem.clone();
+            let keep: Arc<dyn Send + Sync> = Arc::new(mems.clone());
             // SAFETY: `keep` owns the memory behind `t`, which stays at
             // its address until the last clone of `keep` is gone.
             let retain = in_place.then(|| unsafe { CaptureRetain::new(keep, &t) });
             let r = backend.decode_retained(&input, &mut t, retain.as_ref());
             assert_eq!(r, Ok(DecodeOutcome::Decoded));
-            let bytes = mem.bytes();
-            pictures.push(
-                (0..hu + hu.div_ceil(2))
-                    .flat_map(|y| bytes[y * stride..y * stride + wu].to_vec())
-                    .collect(),
-            );
-            kept.push(mem);
+            // The visible rectangle, packed as NV12 (the alignment padding
+            // of a picture decoded in place is the decoder's business).
+            let (vx, vy, vw, vh) = job.picture.visible;
+            let (vx, vy, vw, vh) = (vx as usize, vy as usize, vw as usize, vh as usize);
+            let mut nv12: Vec<u8> = Vec::new();
+            let y = mems[0].bytes();
+            for row in vy..vy + vh {
+                nv12.extend_from_slice(&y[row * stride + vx..row * stride + vx + vw]);
+            }
+            let (cx, cw) = (vx / 2, vw.div_ceil(2));
+            for row in vy / 2..vy / 2 + vh.div_ceil(2) {
+                match format {
+                    CaptureFormat::Yuv420 => {
+                        let (u, v) = (mems[1].bytes(), mems[2].bytes());
+                        for x in cx..cx + cw {
+                            nv12.push(u[row * cs + x]);
+                            nv12.push(v[row * cs + x]);
+                        }
+                    }
+                    _ => {
+                        let o = (hu + row) * stride + 2 * cx;
+                        nv12.extend_from_slice(&y[o..o + 2 * cw]);
+                    }
+                }
+            }
+            pictures.push(nv12);
+            kept.extend(mems);
         }
         (pictures, kept)
     }
@@ -504,6 +635,7 @@ mod tests {
                 data: &mut [0u8; 6][..],
                 stride: 3,
             },
+            cr: None,
         };
         assert_eq!(t.check(), Err(DecodeError::CaptureTooSmall));
         let mut p010 = vec![0u8; 128 * 48 * 3 / 2];
@@ -527,6 +659,7 @@ mod tests {
                 data: &mut c,
                 stride: 16,
             },
+            cr: None,
         };
         assert_eq!(t.check(), Err(DecodeError::CaptureTooSmall));
     }

@@ -1,6 +1,6 @@
 //! Planar YUV 4:2:0 (what libavcodec and dav1d produce) into the CAPTURE
-//! layouts NV12 and P010: the whole picture ([`write_capture`]), or only
-//! its chroma planes when the decoder wrote the luma plane in place
+//! layouts NV12, P010 and YUV420: the whole picture ([`write_capture`]), or
+//! only its chroma planes when the decoder wrote the luma plane in place
 //! ([`write_chroma`]).
 //!
 //! Backends hand over a [`Planar`] view of their picture; [`write_capture`]
@@ -67,10 +67,11 @@ fn write(pic: &impl Planar, out: &mut CaptureTarget<'_>, luma: bool) -> Result<(
             out.width, out.height
         )));
     }
-    if depth == Depth::Bits10 && out.format == CaptureFormat::Nv12 {
-        return Err(DecodeError::FormatMismatch(
-            "10-bit picture into NV12".into(),
-        ));
+    if depth == Depth::Bits10 && out.format.bit_depth() == 8 {
+        return Err(DecodeError::FormatMismatch(format!(
+            "10-bit picture into {:?}",
+            out.format
+        )));
     }
     out.check()?;
     let (ow, oh) = (out.width as usize, out.height as usize);
@@ -84,16 +85,35 @@ fn write(pic: &impl Planar, out: &mut CaptureTarget<'_>, luma: bool) -> Result<(
         let src = pic.row(0, y.min(h - 1), w * sb);
         let dst = &mut out.luma.data[y * ls..y * ls + ow * osb];
         match (out.format, depth) {
-            (CaptureFormat::Nv12, _) => luma_8(src, dst),
+            (CaptureFormat::Nv12 | CaptureFormat::Yuv420, _) => luma_8(src, dst),
             (CaptureFormat::P010, Depth::Bits8) => luma_8_to_16(src, dst),
             (CaptureFormat::P010, Depth::Bits10) => luma_10_to_16(src, dst),
         }
+    }
+    if let Some(cr) = out.cr.as_mut() {
+        // Planar (8-bit, checked above): each chroma plane row by row.
+        let (cb, crs) = (&mut out.chroma.data, cr.stride);
+        for y in 0..och {
+            let (u, v) = (
+                &mut cb[y * cs..y * cs + ocw],
+                &mut cr.data[y * crs..y * crs + ocw],
+            );
+            if pic.monochrome() {
+                u.fill(0x80);
+                v.fill(0x80);
+            } else {
+                let sy = y.min(ch - 1);
+                luma_8(pic.row(1, sy, cw), u);
+                luma_8(pic.row(2, sy, cw), v);
+            }
+        }
+        return Ok(());
     }
     for y in 0..och {
         let dst = &mut out.chroma.data[y * cs..y * cs + 2 * ocw * osb];
         if pic.monochrome() {
             match out.format {
-                CaptureFormat::Nv12 => dst.fill(0x80),
+                CaptureFormat::Nv12 | CaptureFormat::Yuv420 => dst.fill(0x80),
                 CaptureFormat::P010 => {
                     for d in dst.chunks_exact_mut(2) {
                         d.copy_from_slice(&0x8000u16.to_le_bytes());
@@ -105,7 +125,7 @@ fn write(pic: &impl Planar, out: &mut CaptureTarget<'_>, luma: bool) -> Result<(
         let sy = y.min(ch - 1);
         let (u, v) = (pic.row(1, sy, cw * sb), pic.row(2, sy, cw * sb));
         match (out.format, depth) {
-            (CaptureFormat::Nv12, _) => chroma_8(u, v, dst),
+            (CaptureFormat::Nv12 | CaptureFormat::Yuv420, _) => chroma_8(u, v, dst),
             (CaptureFormat::P010, Depth::Bits8) => chroma_8_to_16(u, v, dst),
             (CaptureFormat::P010, Depth::Bits10) => chroma_10_to_16(u, v, dst),
         }
@@ -291,7 +311,7 @@ mod tests {
             Pic::sample(pic.depth, p, x.min(pw - 1), y.min(ph - 1))
         };
         match (fmt, pic.depth) {
-            (CaptureFormat::Nv12, _) => s,
+            (CaptureFormat::Nv12 | CaptureFormat::Yuv420, _) => s,
             (CaptureFormat::P010, Depth::Bits8) => s << 8,
             (CaptureFormat::P010, Depth::Bits10) => s << 6,
         }
@@ -345,6 +365,64 @@ mod tests {
                 check(w, h, ow, oh, Depth::Bits10, CaptureFormat::P010, mono);
             }
         }
+    }
+
+    fn check_planar(w: usize, h: usize, ow: u32, oh: u32, mono: bool) {
+        let pic = Pic::new(w, h, Depth::Bits8, mono);
+        let (ls, cs) = (ow as usize + 3, (ow as usize).div_ceil(2) + 5);
+        let crows = (oh as usize).div_ceil(2);
+        let mut y = vec![0x55u8; ls * oh as usize];
+        let mut u = vec![0x55u8; cs * crows];
+        let mut v = vec![0x55u8; cs * crows];
+        let plane = |data, stride| super::super::CapturePlane { data, stride };
+        let mut out = CaptureTarget::planar(
+            ow,
+            oh,
+            plane(&mut y, ls),
+            plane(&mut u, cs),
+            plane(&mut v, cs),
+        )
+        .unwrap();
+        write_capture(&pic, &mut out).unwrap();
+        let f = CaptureFormat::Yuv420;
+        for row in 0..oh as usize {
+            for x in 0..ow as usize {
+                assert_eq!(u16::from(y[row * ls + x]), expect(&pic, f, 0, x, row));
+            }
+        }
+        for row in 0..crows {
+            for x in 0..(ow as usize).div_ceil(2) {
+                assert_eq!(u16::from(u[row * cs + x]), expect(&pic, f, 1, x, row));
+                assert_eq!(u16::from(v[row * cs + x]), expect(&pic, f, 2, x, row));
+            }
+        }
+    }
+
+    #[test]
+    fn planar_with_padding() {
+        for mono in [false, true] {
+            for &(w, h, ow, oh) in &[(16, 8, 16, 8), (15, 7, 16, 8), (33, 17, 48, 32)] {
+                check_planar(w, h, ow, oh, mono);
+            }
+        }
+        // Three planes are refused for 10-bit pictures and by `contiguous`.
+        let pic = Pic::new(16, 16, Depth::Bits10, false);
+        let (mut y, mut u, mut v) = (vec![0u8; 256], vec![0u8; 64], vec![0u8; 64]);
+        let plane = |data, stride| super::super::CapturePlane { data, stride };
+        let mut out = CaptureTarget::planar(
+            16,
+            16,
+            plane(&mut y, 16),
+            plane(&mut u, 8),
+            plane(&mut v, 8),
+        )
+        .unwrap();
+        assert!(matches!(
+            write_capture(&pic, &mut out),
+            Err(DecodeError::FormatMismatch(_))
+        ));
+        let mut buf = vec![0u8; 16 * 24];
+        assert!(CaptureTarget::contiguous(CaptureFormat::Yuv420, 16, 16, 16, &mut buf).is_none());
     }
 
     #[test]

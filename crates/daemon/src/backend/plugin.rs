@@ -855,10 +855,13 @@ impl SessionLayout {
     }
 }
 
-fn fourcc(format: CaptureFormat) -> u32 {
+/// The ABI fourcc of a format; version 1 of the ABI has the two
+/// semi-planar ones.
+fn fourcc(format: CaptureFormat) -> Option<u32> {
     match format {
-        CaptureFormat::Nv12 => abi::FOURCC_NV12,
-        CaptureFormat::P010 => abi::FOURCC_P010,
+        CaptureFormat::Nv12 => Some(abi::FOURCC_NV12),
+        CaptureFormat::P010 => Some(abi::FOURCC_P010),
+        CaptureFormat::Yuv420 => None,
     }
 }
 
@@ -932,7 +935,7 @@ impl PluginBackend {
             codec: self.codec.to_wire(),
             width: layout.width,
             height: layout.height,
-            fourcc: fourcc(layout.format),
+            fourcc: fourcc(layout.format).ok_or_else(|| bad(errno::EINVAL))?,
             num_planes: 2,
             stride: [luma, chroma, 0, 0],
         };
@@ -1016,6 +1019,9 @@ impl Backend for PluginBackend {
     ) -> Result<DecodeOutcome, DecodeError> {
         job.expect_codec(self.codec)?;
         out.check()?;
+        let fourcc = fourcc(out.format).ok_or_else(|| {
+            DecodeError::Unsupported(format!("plugins write NV12 and P010, not {:?}", out.format))
+        })?;
         let layout = SessionLayout::of(out);
         if self.session.map(|s| s.1) != Some(layout) {
             self.create(layout)?;
@@ -1094,7 +1100,7 @@ impl Backend for PluginBackend {
         };
         let capture = abi::Capture {
             struct_size: size_of::<abi::Capture>() as u32,
-            fourcc: fourcc(out.format),
+            fourcc,
             width: out.width,
             height: out.height,
             num_planes: 2,

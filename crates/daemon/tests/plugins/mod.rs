@@ -152,6 +152,7 @@ impl Planes {
                 data: &mut self.chroma,
                 stride: self.stride,
             },
+            cr: None,
         }
     }
 
@@ -202,7 +203,7 @@ pub fn expected(
             .wrapping_add((y as u32).wrapping_mul(2 * plane + 3))
     };
     let put = |buf: &mut [u8], at: usize, v: u32| match format {
-        CaptureFormat::Nv12 => buf[at] = v as u8,
+        CaptureFormat::Nv12 | CaptureFormat::Yuv420 => buf[at] = v as u8,
         CaptureFormat::P010 => {
             let w = ((v & 0x3ff) << 6) as u16;
             buf[at..at + 2].copy_from_slice(&w.to_le_bytes());
