@@ -644,6 +644,21 @@ fn print_job_stats(round_trips: Vec<Vec<JobTiming>>, samples: Vec<daedalus_daemo
         "path cost between consecutive backend calls",
         daedalus_daemon::stats::gaps(&samples),
     );
+    // How busy the backend was: decoding time against the span from the
+    // first call's start to the last call's end.
+    if let (Some(a), Some(b)) = (
+        samples.iter().map(|s| s.start()).min(),
+        samples.iter().map(|s| s.end).max(),
+    ) {
+        let busy: Duration = samples.iter().map(|s| s.took).sum();
+        let span = b.saturating_duration_since(a);
+        eprintln!(
+            "backend calls: {:.1} ms of the {:.1} ms from the first call to the last ({:.1}% busy)",
+            busy.as_secs_f64() * 1e3,
+            span.as_secs_f64() * 1e3,
+            100.0 * busy.as_secs_f64() / span.as_secs_f64().max(1e-9)
+        );
+    }
 }
 
 /// Prints median and p99 of `v` in microseconds.
