@@ -44,14 +44,17 @@ pub const CAPTURE_BUFFERS: u32 = 32;
 /// than the one it went to sleep with).
 const RECEIVER_TICK: Duration = Duration::from_millis(100);
 
-/// CAPTURE buffers handed to the device at a time: the running job's and
-/// one for the next job, which the device dispatches the moment a job
-/// ends (a context runs one job at a time; the receiver thread refills
-/// the spare). The rest wait in [`Core::cap_pool`], so that the buffers the
-/// decode loop returned last, still warm in caches and page tables, are
-/// reused first instead of cycling through all [`CAPTURE_BUFFERS`]: each
-/// buffer touched for the first time costs its pages' faults.
-const CAPTURE_IN_DEVICE: usize = 2;
+/// CAPTURE buffers handed to the device at a time: the running job's only.
+/// When a job's result comes, the receiver thread queues the next buffer
+/// from [`Core::cap_pool`] in the same pass, so the device still dispatches
+/// the next job at once. The pool hands out the buffer the decode loop
+/// returned last: it is still warm in caches and page tables, and the
+/// stack cycles through as few buffers as it can (three for a VP9 stream
+/// whose frames each reference the last one; a spare queued ahead made it
+/// four, 0.2-3.5 % slower in four host A/B runs) instead of through all
+/// [`CAPTURE_BUFFERS`]: each buffer touched for the first time costs its
+/// pages' faults.
+const CAPTURE_IN_DEVICE: usize = 1;
 
 /// Where the threads of a one-thread decode run: every job goes frontend
 /// receiver -> daemon reader -> context worker -> frontend receiver, each
