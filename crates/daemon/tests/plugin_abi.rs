@@ -277,18 +277,23 @@ fn descriptor_too_short() {
     }
 }
 
-fn grey_picture(lib: &std::sync::Arc<PluginLibrary>, format: CaptureFormat) {
-    let mut b = lib.backend(Codec::Hevc).unwrap();
-    assert_eq!(b.name(), "c-test");
-    let controls = ControlValues::new();
-    let job = JobInput {
+/// The job the test plugin answers with a grey picture.
+fn hevc_job(controls: &ControlValues) -> JobInput<'_> {
+    JobInput {
         codec: Codec::Hevc,
-        controls: &controls,
+        controls,
         bitstream: b"\x26\x01 not really hevc",
         timestamp: 7,
         flags: JobFlags::default(),
         references: &[],
-    };
+    }
+}
+
+fn grey_picture(lib: &std::sync::Arc<PluginLibrary>, format: CaptureFormat) {
+    let mut b = lib.backend(Codec::Hevc).unwrap();
+    assert_eq!(b.name(), "c-test");
+    let controls = ControlValues::new();
+    let job = hevc_job(&controls);
     let mut planes = Planes::new(format, 33, 9, 6);
     let out = b.decode(&job, &mut planes.target()).unwrap();
     assert_eq!(out, DecodeOutcome::Decoded);
@@ -326,14 +331,7 @@ fn c_plugin_decodes_and_refuses_other_codecs() {
     // Three planes are not in the ABI: refused before the plugin sees them.
     let mut b = lib.backend(Codec::Hevc).unwrap();
     let controls = ControlValues::new();
-    let job = JobInput {
-        codec: Codec::Hevc,
-        controls: &controls,
-        bitstream: b"\x26\x01 not really hevc",
-        timestamp: 7,
-        flags: JobFlags::default(),
-        references: &[],
-    };
+    let job = hevc_job(&controls);
     let (mut y, mut u, mut v) = (vec![0u8; 64 * 16], vec![0u8; 32 * 8], vec![0u8; 32 * 8]);
     let plane = |data, stride| CapturePlane { data, stride };
     let mut t = CaptureTarget::planar(

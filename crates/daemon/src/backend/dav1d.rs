@@ -58,7 +58,7 @@ use decoder_core::ctrl::Codec;
 
 use super::{
     pixcopy, Backend, CapturePlane, CaptureRetain, CaptureTarget, DecodeError, DecodeOutcome,
-    JobInput,
+    JobInput, RetainedChroma,
 };
 
 mod ffi {
@@ -257,9 +257,8 @@ struct InPlaceTarget {
     extent: usize,
     stride: usize,
     keep: Arc<dyn Send + Sync>,
-    /// The Cb and Cr planes of a three-plane (YUV420) target: first bytes,
-    /// bytes valid from each, and their common stride.
-    chroma: Option<([*mut u8; 2], [usize; 2], usize)>,
+    /// The Cb and Cr planes of a three-plane (YUV420) target.
+    chroma: Option<RetainedChroma>,
 }
 
 /// State of the session's `Dav1dPicAllocator` (its cookie).
@@ -391,21 +390,18 @@ unsafe extern "C" fn alloc_picture(pic: *mut ffi::Dav1dPicture, cookie: *mut c_v
                 .is_some_and(|n| n <= t.extent)
     });
     // With three planes, the chroma planes too.
-    let chroma_target = target
-        .as_ref()
-        .and_then(|t| t.chroma)
-        .filter(|(ptrs, extents, stride)| {
-            has_chroma
-                && *stride >= aw >> 1
-                && stride.is_multiple_of(PICTURE_ALIGNMENT)
-                && ptrs
-                    .iter()
-                    .all(|q| (*q as usize).is_multiple_of(PICTURE_ALIGNMENT))
-                && stride
-                    .checked_mul(ah >> 1)
-                    .and_then(|n| n.checked_add(PICTURE_ALIGNMENT))
-                    .is_some_and(|n| extents.iter().all(|e| n <= *e))
-        });
+    let chroma_target = target.as_ref().and_then(|t| t.chroma).filter(|c| {
+        has_chroma
+            && c.stride >= aw >> 1
+            && c.stride.is_multiple_of(PICTURE_ALIGNMENT)
+            && c.ptr
+                .iter()
+                .all(|q| (*q as usize).is_multiple_of(PICTURE_ALIGNMENT))
+            && c.stride
+                .checked_mul(ah >> 1)
+                .and_then(|n| n.checked_add(PICTURE_ALIGNMENT))
+                .is_some_and(|n| c.extent.iter().all(|e| n <= *e))
+    });
     let y_size = if target.is_some() {
         0
     } else {
@@ -449,10 +445,10 @@ unsafe extern "C" fn alloc_picture(pic: *mut ffi::Dav1dPicture, cookie: *mut c_v
             p.stride[0] = y_stride as isize;
         }
     }
-    if let Some((ptrs, _, stride)) = chroma_target {
-        p.data[1] = ptrs[0].cast();
-        p.data[2] = ptrs[1].cast();
-        uv_stride = stride;
+    if let Some(c) = chroma_target {
+        p.data[1] = c.ptr[0].cast();
+        p.data[2] = c.ptr[1].cast();
+        uv_stride = c.stride;
     } else if has_chroma {
         p.data[1] = at(y_size).cast();
         p.data[2] = at(y_size + uv_size + PICTURE_ALIGNMENT).cast();
@@ -811,10 +807,7 @@ impl Dav1dAv1 {
             .as_ref()
             .filter(|r| out.format.bit_depth() == 8 && r.covers(out) && one_frame && !grain)
             .map(|r| {
-                let chroma = r.chroma_extents().zip(out.cr.as_mut()).map(|(e, cr)| {
-                    let ptrs = [out.chroma.data.as_mut_ptr(), cr.data.as_mut_ptr()];
-                    (ptrs, e, out.chroma.stride)
-                });
+                let chroma = r.chroma_planes(out);
                 (
                     r.clone(),
                     out.luma.data.as_mut_ptr(),

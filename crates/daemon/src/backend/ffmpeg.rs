@@ -93,7 +93,7 @@ use ffmpeg_sys_next as ff;
 
 use super::{
     pixcopy, Backend, CapturePlane, CaptureRetain, CaptureTarget, DecodeError, DecodeOutcome,
-    JobInput,
+    JobInput, RetainedChroma,
 };
 
 /// Limits libavcodec's own logging (process-wide) to fatal errors; decode
@@ -118,17 +118,7 @@ struct InPlaceTarget {
     /// Keeps the memory mapped; each picture allocated in it holds a clone.
     keep: Arc<dyn Send + Sync>,
     /// The Cb and Cr planes of a three-plane (YUV420) target.
-    chroma: Option<InPlaceChroma>,
-}
-
-/// The Cb and Cr planes of a three-plane CAPTURE buffer.
-struct InPlaceChroma {
-    /// First byte of the Cb and of the Cr plane.
-    ptr: [*mut u8; 2],
-    /// Bytes valid from each ([`CaptureRetain::chroma_extents`]).
-    extent: [usize; 2],
-    /// Bytes per row of both.
-    stride: usize,
+    chroma: Option<RetainedChroma>,
 }
 
 /// Buffer pools for the 8-bit 4:2:0 (or 4:0:0) pictures of one format and
@@ -762,18 +752,11 @@ impl Session {
         let target = retain
             .filter(|r| out.format.bit_depth() == 8 && r.covers(out))
             .map(|r| InPlaceTarget {
+                chroma: r.chroma_planes(out),
                 ptr: out.luma.data.as_mut_ptr(),
                 extent: r.luma_extent(),
                 stride: out.luma.stride,
                 keep: r.keep_alive(),
-                chroma: r
-                    .chroma_extents()
-                    .zip(out.cr.as_mut())
-                    .map(|(extent, cr)| InPlaceChroma {
-                        ptr: [out.chroma.data.as_mut_ptr(), cr.data.as_mut_ptr()],
-                        extent,
-                        stride: out.chroma.stride,
-                    }),
             });
         // SAFETY: the slot is only written by the callback, which runs only
         // inside `send`, not now.

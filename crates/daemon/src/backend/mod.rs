@@ -249,6 +249,18 @@ pub struct CaptureRetain {
     planes: [RetainedPlane; 3],
 }
 
+/// The Cb and Cr planes of a retained three-plane CAPTURE buffer
+/// ([`CaptureRetain::chroma_planes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RetainedChroma {
+    /// First byte of the Cb and of the Cr plane.
+    pub ptr: [*mut u8; 2],
+    /// Bytes valid from each.
+    pub extent: [usize; 2],
+    /// Bytes per row of both.
+    pub stride: usize,
+}
+
 /// Where one retained plane is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct RetainedPlane {
@@ -320,6 +332,19 @@ impl CaptureRetain {
     /// [`CaptureFormat::Yuv420`] target; `None` for the other formats.
     pub fn chroma_extents(&self) -> Option<[usize; 2]> {
         (self.planes[2].extent > 0).then_some([self.planes[1].extent, self.planes[2].extent])
+    }
+
+    /// The Cb and Cr planes of `out`, a [`CaptureFormat::Yuv420`] target
+    /// this retains, for a decoder to decode into; `None` for the other
+    /// formats.
+    pub fn chroma_planes(&self, out: &mut CaptureTarget<'_>) -> Option<RetainedChroma> {
+        let extent = self.chroma_extents()?;
+        let cr = out.cr.as_mut()?;
+        Some(RetainedChroma {
+            ptr: [out.chroma.data.as_mut_ptr(), cr.data.as_mut_ptr()],
+            extent,
+            stride: out.chroma.stride,
+        })
     }
 
     /// A reference on the owner of the memory.
