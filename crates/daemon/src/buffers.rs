@@ -366,6 +366,41 @@ impl RegisteredBuffer {
         self.coherent
     }
 
+    /// True for a writable memfd buffer (a CAPTURE buffer of the embedded
+    /// stack or the CUSE frontend), whose pages the decoder would otherwise
+    /// fault in one at a time while writing its first picture. A dmabuf's
+    /// exporter maps its pages itself (vb2-vmalloc maps them all at mmap).
+    pub fn wants_prefault(&self) -> bool {
+        self.writable && self.memory == DV_MEM_MEMFD
+    }
+
+    /// Faults in every page of a buffer that [wants](Self::wants_prefault)
+    /// it (`MADV_POPULATE_WRITE`, Linux 5.14), leaving the contents as they
+    /// are; otherwise does nothing. Safe while a job writes the buffer. A
+    /// kernel without the advice refuses it; the pages then fault in as
+    /// the decoder writes them, as before.
+    pub fn prefault(&self) {
+        if !self.wants_prefault() {
+            return;
+        }
+        for m in self.planes.iter().filter_map(|p| p.map.as_ref()) {
+            // SAFETY: `ptr`/`len` are a live mapping owned by `self` (which
+            // the caller holds); populating only faults pages in, as the
+            // decoder's own writes would, and changes no byte.
+            let r = unsafe {
+                rustix::mm::madvise(
+                    m.ptr.as_ptr(),
+                    m.len,
+                    rustix::mm::Advice::LinuxPopulateWrite,
+                )
+            };
+            if let Err(e) = r {
+                tracing::debug!("MADV_POPULATE_WRITE: {e}");
+                return;
+            }
+        }
+    }
+
     /// Memory planes.
     pub fn num_planes(&self) -> usize {
         self.planes.len()
@@ -704,6 +739,57 @@ mod tests {
         assert_eq!(got[30], 0);
         rustix::io::pread(&check, &mut got[..1], 4097).unwrap();
         assert_eq!(got[0], 0x55);
+    }
+
+    /// Bytes of shmem the memfd holds pages for.
+    fn allocated(fd: &OwnedFd) -> u64 {
+        rustix::fs::fstat(fd).unwrap().st_blocks as u64 * 512
+    }
+
+    #[test]
+    fn prefault_allocates_a_capture_buffer_and_keeps_its_bytes() {
+        let len = 64 * 4096;
+        let fd = memfd(len);
+        rustix::io::pwrite(&fd, b"kept", 4096).unwrap();
+        let check = rustix::io::fcntl_dupfd_cloexec(&fd, 0).unwrap();
+        let before = allocated(&check);
+        assert!(before < len, "a fresh memfd holds no pages yet ({before})");
+        let out = RegisteredBuffer::map(
+            &reg(DV_QUEUE_OUTPUT, &[(0, 0, len as u32)]),
+            vec![rustix::io::fcntl_dupfd_cloexec(&check, 0).unwrap()],
+        )
+        .unwrap();
+        assert!(!out.wants_prefault(), "read-only: nothing to write ahead");
+        out.prefault();
+        assert_eq!(allocated(&check), before);
+        let cap =
+            RegisteredBuffer::map(&reg(DV_QUEUE_CAPTURE, &[(0, 0, len as u32)]), vec![fd]).unwrap();
+        assert!(cap.wants_prefault());
+        cap.prefault();
+        assert!(allocated(&check) >= len, "every page allocated");
+        let mut got = [0u8; 4];
+        rustix::io::pread(&check, &mut got, 4096).unwrap();
+        assert_eq!(&got, b"kept");
+        // The prefault thread does the same for what it is given, and its
+        // drop joins it.
+        let fd = memfd(len);
+        let check = rustix::io::fcntl_dupfd_cloexec(&fd, 0).unwrap();
+        let cap = std::sync::Arc::new(
+            RegisteredBuffer::map(&reg(DV_QUEUE_CAPTURE, &[(0, 0, len as u32)]), vec![fd]).unwrap(),
+        );
+        let p = crate::prefault::Prefaulter::spawn(None).unwrap();
+        p.submit(&cap);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while allocated(&check) < len && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(p);
+        assert!(allocated(&check) >= len);
+        assert_eq!(
+            std::sync::Arc::strong_count(&cap),
+            1,
+            "the thread let go of it"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod affinity;
 pub mod backend;
 pub mod buffers;
 pub mod chardev;
+pub mod prefault;
 pub mod reply;
 pub mod server;
 pub mod stats;

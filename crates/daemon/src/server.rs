@@ -66,6 +66,7 @@ use rustix::io::Errno;
 
 use crate::backend::{self, JobFlags};
 use crate::buffers::{BufferError, CaptureLayout, RegisteredBuffer};
+use crate::prefault::Prefaulter;
 use crate::reply::{Outbox, Reply};
 use crate::transport::{SeqPacket, Shutdown, Transport, TransportError};
 use crate::worker::{self, CancelOutcome, CtxQueue, JobWork, PendingJob, Semaphore, WorkerArgs};
@@ -163,13 +164,28 @@ pub enum ServeError {
 pub struct Server {
     cfg: ServerConfig,
     permits: Arc<Semaphore>,
+    /// CPUs of the prefault thread: those allowed at [`Server::new`] that
+    /// [`ServerConfig::cpus`] leaves out (`None`: not confined).
+    prefault_cpus: Option<Vec<usize>>,
 }
 
 impl Server {
     /// A server with this configuration.
     pub fn new(cfg: ServerConfig) -> Self {
         let permits = Arc::new(Semaphore::new(cfg.threads));
-        Server { cfg, permits }
+        let prefault_cpus = cfg.cpus.as_ref().and_then(|jobs| {
+            let others: Vec<usize> = crate::affinity::allowed()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| !jobs.contains(c))
+                .collect();
+            (!others.is_empty()).then_some(others)
+        });
+        Server {
+            cfg,
+            permits,
+            prefault_cpus,
+        }
     }
 
     /// The configuration.
@@ -202,6 +218,8 @@ impl Server {
             agreed: None,
             ctxs: HashMap::new(),
             retired: Vec::new(),
+            prefault_cpus: &self.prefault_cpus,
+            prefault: None,
         };
         let r = s.run(shutdown);
         match &r {
@@ -314,6 +332,9 @@ struct Session<'a> {
     ctxs: HashMap<u32, Ctx>,
     /// Workers of closed contexts, still finishing their current job.
     retired: Vec<JoinHandle<()>>,
+    prefault_cpus: &'a Option<Vec<usize>>,
+    /// Started at the first buffer that wants prefaulting.
+    prefault: Option<Prefaulter>,
 }
 
 fn unexpected(s: impl Into<String>) -> ServeError {
@@ -518,7 +539,17 @@ impl Session<'_> {
                     planes = b.num_planes(),
                     "buffer registered"
                 );
-                c.buffers.insert(key, Arc::new(b));
+                let b = Arc::new(b);
+                if b.wants_prefault() && self.prefault.is_none() {
+                    match Prefaulter::spawn(self.prefault_cpus.clone()) {
+                        Ok(p) => self.prefault = Some(p),
+                        Err(e) => tracing::debug!("no prefault thread: {e}"),
+                    }
+                }
+                if let Some(p) = &self.prefault {
+                    p.submit(&b);
+                }
+                c.buffers.insert(key, b);
                 Ok(())
             }
             Err(e @ BufferError::MissingFd { .. }) => Err(unexpected(format!("buf_register: {e}"))),
@@ -560,6 +591,7 @@ impl Session<'_> {
     }
 
     fn teardown(&mut self) {
+        self.prefault = None;
         let ids: Vec<u32> = self.ctxs.keys().copied().collect();
         for id in ids {
             if let Some(c) = self.ctxs.remove(&id) {
