@@ -383,20 +383,26 @@ impl RegisteredBuffer {
         if !self.wants_prefault() {
             return;
         }
+        // In steps, so that the process's mmap lock, which populating holds,
+        // is free between them for the job path's own mappings.
+        const STEP: usize = 256 << 10;
         for m in self.planes.iter().filter_map(|p| p.map.as_ref()) {
-            // SAFETY: `ptr`/`len` are a live mapping owned by `self` (which
-            // the caller holds); populating only faults pages in, as the
-            // decoder's own writes would, and changes no byte.
-            let r = unsafe {
-                rustix::mm::madvise(
-                    m.ptr.as_ptr(),
-                    m.len,
-                    rustix::mm::Advice::LinuxPopulateWrite,
-                )
-            };
-            if let Err(e) = r {
-                tracing::debug!("MADV_POPULATE_WRITE: {e}");
-                return;
+            for off in (0..m.len).step_by(STEP) {
+                // SAFETY: `off < len` and `off + n <= len`, so the range lies
+                // in a live mapping owned by `self` (which the caller holds);
+                // populating only faults pages in, as the decoder's own writes
+                // would, and changes no byte.
+                let r = unsafe {
+                    rustix::mm::madvise(
+                        m.ptr.as_ptr().cast::<u8>().add(off).cast(),
+                        STEP.min(m.len - off),
+                        rustix::mm::Advice::LinuxPopulateWrite,
+                    )
+                };
+                if let Err(e) = r {
+                    tracing::debug!("MADV_POPULATE_WRITE: {e}");
+                    return;
+                }
             }
         }
     }
