@@ -89,7 +89,7 @@ test-corpus: corpus uapi
 # then the device paths (kernel module, CUSE) in the VM.
 bench: uapi
     cargo build --release -p daedalus
-    cargo build --release -p daedalus-daemon --example wake_floor --example plain_decode
+    cargo build --release -p daedalus-daemon --example wake_floor --example plain_decode --example backend_alone
     bash scripts/bench.sh
     just bench-vm
 

@@ -8,6 +8,11 @@
 #   examples/plain_decode, the same libraries driven directly in one
 #   process with their own allocators, start-up left out on both sides.
 #   This is the stricter figure: nothing but the decoding is compared.
+# With one thread it then splits the decode-loop ratio in two with
+# examples/backend_alone, the daemon's own backend session fed the same
+# jobs directly (no frontend, protocol or hand-offs): backend alone against
+# plain (what decoding through controls into CAPTURE buffers costs), and
+# daedalus against backend alone (what the stack around the backend costs).
 # Then the per-job overhead outside the backend's decode call (the first
 # job of a context, which also waits for the backend session to open, apart).
 set -euo pipefail
@@ -43,7 +48,10 @@ echo "priority: ${prio[*]:-normal}; load average: $(cut -d' ' -f1-3 /proc/loadav
 runs=${BENCH_RUNS:-7}
 
 plain=${CARGO_TARGET_DIR:-$root/target}/release/examples/plain_decode
-[ -x "$plain" ] || { echo "bench: $plain not built (cargo build --release -p daedalus-daemon --example plain_decode)" >&2; exit 2; }
+alone=${CARGO_TARGET_DIR:-$root/target}/release/examples/backend_alone
+for x in "$plain" "$alone"; do
+    [ -x "$x" ] || { echo "bench: $x not built (cargo build --release -p daedalus-daemon --example $(basename "$x"))" >&2; exit 2; }
+done
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # loop_secs LOG: the decode-loop seconds a run printed ("N frames in S s"
 # from plain_decode; "N frames in S s, F fps" from daedalus, whose fps has
@@ -55,10 +63,11 @@ loop_secs() {
 
 status=0
 stats=()
+split=()
 printf '%-6s %12s %12s %8s   %12s %12s %8s\n' codec "direct fps" "daedalus fps" ratio "plain loop" "daedalus loop" ratio
 for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:libdav1d; do
     IFS=: read -r name file dec <<< "$s"
-    direct="" ours="" plain_loop="" ours_loop=""
+    direct="" ours="" plain_loop="" ours_loop="" alone_loop=""
     for _ in $(seq "$runs"); do
         direct=$(tmin "$direct" "$(bench_time "${prio[@]}" ffmpeg -nostdin -loglevel error -threads "$threads" -c:v "$dec" -i "$dir/$file" -f null -)")
         ours=$(tmin "$ours" "$(BENCH_LOG=$tmp/ours bench_time "${prio[@]}" "$bin" decode "$dir/$file" --threads "$threads")")
@@ -66,6 +75,8 @@ for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:lib
         if [ "$threads" = 1 ]; then
             "${prio[@]}" "$plain" "$dir/$file" > "$tmp/plain" 2>&1 || echo fail > "$tmp/plain"
             plain_loop=$(tmin "$plain_loop" "$(loop_secs "$tmp/plain")")
+            "${prio[@]}" "$alone" "$dir/$file" > "$tmp/alone" 2>&1 || echo fail > "$tmp/alone"
+            alone_loop=$(tmin "$alone_loop" "$(loop_secs "$tmp/alone")")
         fi
     done
     if [ "$direct" = fail ]; then
@@ -82,6 +93,12 @@ for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:lib
         loop="FAILED"; status=1
     else
         loop=$(awk -v n="$frames" -v a="$plain_loop" -v b="$ours_loop" 'BEGIN { printf "%12.1f %12.1f %8.3f", n / a, n / b, a / b }')
+        if [ "$alone_loop" = fail ]; then
+            split+=("$name: backend alone FAILED"); status=1
+        else
+            split+=("$(awk -v m="$name" -v n="$frames" -v p="$plain_loop" -v a="$alone_loop" -v o="$ours_loop" 'BEGIN {
+                printf "%-5s backend alone %6.1f fps: %.3f of plain; daedalus %.3f of backend alone", m, n / a, p / a, a / o }')")
+        fi
     fi
     printf '%-6s %12.1f %12.1f %8.3f   %s\n' "$name" "$fd" "$fo" "$(awk -v a="$fo" -v b="$fd" 'BEGIN { print a / b }')" "$loop"
     for r in 1 2 3; do
@@ -89,6 +106,8 @@ for s in h264:h264.h264:h264 hevc:hevc.hevc:hevc vp9:vp9.ivf:vp9 av1:av1.ivf:lib
             awk '/per-job overhead/ { o = $0 } /first job of each context/ { f = $(NF - 1) " " $NF } END { print o "; first job " f }')")
     done
 done
+[ ${#split[@]} -eq 0 ] || printf 'decode-loop ratio split in two (their product):\n'
+[ ${#split[@]} -eq 0 ] || printf '  %s\n' "${split[@]}"
 printf '%s\n' "${stats[@]}"
 # What two thread wake-ups cost on this machine right now (a job crosses
 # two hand-offs), for reading the overhead above.
