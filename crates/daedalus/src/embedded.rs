@@ -44,26 +44,31 @@ pub const CAPTURE_BUFFERS: u32 = 32;
 /// than the one it went to sleep with).
 const RECEIVER_TICK: Duration = Duration::from_millis(100);
 
-/// CAPTURE buffers handed to the device at a time: the running job's only.
-/// When a job's result comes, the receiver thread queues the next buffer
-/// from [`Core::cap_pool`] in the same pass, so the device still dispatches
-/// the next job at once. The pool hands out the buffer the decode loop
-/// returned last: it is still warm in caches and page tables, and the
-/// stack cycles through as few buffers as it can (three for a VP9 stream
-/// whose frames each reference the last one; a spare queued ahead made it
-/// four, 0.2-3.5 % slower in four host A/B runs) instead of through all
-/// [`CAPTURE_BUFFERS`]: each buffer touched for the first time costs its
-/// pages' faults.
-const CAPTURE_IN_DEVICE: usize = 1;
+/// Jobs the device keeps in the daemon at once (`Config::pipeline_depth`):
+/// the next job waits in the daemon's queue while one decodes, so the
+/// backend starts it as soon as it returns instead of after a round trip
+/// through the frontend (~50-100 µs a job here with one job at a time,
+/// 15-30 µs with two; decode-loop speed +1-3 % on H.264, HEVC and AV1,
+/// unchanged on VP9, in host A/B runs).
+const PIPELINE_DEPTH: u32 = 2;
 
-/// Where the threads of a one-thread decode run: every job goes frontend
-/// receiver -> daemon reader -> context worker -> frontend receiver, each
-/// handing it to the next and then waiting, so the three never run at the
-/// same time and share one CPU (`jobs`); every hand-off is then a wake-up
-/// on a CPU that is awake, instead of on an idle one, which on a virtual
-/// CPU costs tens of µs per job (`examples/wake_floor`). The player
-/// (parsing the next jobs, display) runs on the other CPUs, at the same
-/// time as the decode.
+/// CAPTURE buffers handed to the device at a time: one per job it may run
+/// ([`PIPELINE_DEPTH`]). When a job's result comes, the receiver thread
+/// queues the next buffer from [`Core::cap_pool`] in the same pass, so the
+/// device dispatches the next job at once. The pool hands out the buffer
+/// the decode loop returned last: it is still warm in caches and page
+/// tables, and the stack cycles through as few buffers as it can instead
+/// of through all [`CAPTURE_BUFFERS`] (a standalone decode round-robin
+/// over 6 or 12 buffers ran 4-10 % slower than over 3).
+const CAPTURE_IN_DEVICE: usize = PIPELINE_DEPTH as usize;
+
+/// Where the threads of a one-thread decode run: the context worker (the
+/// backend's decoding) alone on one CPU (`jobs`), everything else on the
+/// others (`player`): the player (parsing, display), the frontend's
+/// receiver, the daemon's reader and its prefault thread. With the next
+/// job already queued in the daemon ([`PIPELINE_DEPTH`]) the hand-offs
+/// between the receiver and the reader happen while the worker decodes,
+/// not between two of its jobs.
 #[derive(Debug, Clone)]
 struct Placement {
     jobs: Vec<usize>,
@@ -72,7 +77,7 @@ struct Placement {
 
 impl Placement {
     /// With one decoding thread and at least two CPUs allowed: the last
-    /// allowed CPU for the job path, the others for the player. With more
+    /// allowed CPU for the worker, the others for the rest. With more
     /// decoding threads (the backends' own threads inherit the worker's
     /// CPUs) or a single CPU, the scheduler places everything. "Allowed"
     /// is the process's CPUs at its first placement: a later stack (after
@@ -170,6 +175,7 @@ impl Embedded {
         let server = Server::new(ServerConfig {
             threads: threads.max(1),
             cpus: placement.as_ref().map(|p| p.jobs.clone()),
+            reader_cpus: placement.as_ref().map(|p| p.player.clone()),
             ..ServerConfig::default()
         });
         let back: Arc<dyn Transport> = Arc::new(back);
@@ -185,6 +191,7 @@ impl Embedded {
             daemon_memory: proto::DV_MEM_MEMFD,
             features: proto::DV_FEAT_MEMFD | proto::DV_FEAT_CANCEL | proto::DV_FEAT_HOLD_CAPTURE,
             job_timeout: 10_000_000_000,
+            pipeline_depth: PIPELINE_DEPTH,
             ..Config::default()
         };
         let mut dev = Device::new(cfg);
@@ -261,7 +268,7 @@ impl Embedded {
             core.flush_tx();
         }
         // Started once the link is up: the receiver ends when it is down.
-        let rx_cpus = placement.as_ref().map(|p| p.jobs.clone());
+        let rx_cpus = placement.as_ref().map(|p| p.player.clone());
         this.receiver = Some(
             std::thread::Builder::new()
                 .name("daedalus-rx".into())

@@ -598,7 +598,10 @@ fn drain(emb: &mut Box<dyn Frontend>, player: &mut Player, sink: &mut Sink) -> R
 }
 
 /// Per-job overhead: round trip through the stack minus the backend's
-/// decode call, median and p99.
+/// decode call, median and p99. A job sent while the context's previous
+/// one still decodes (`Config::pipeline_depth`) counts from that job's
+/// backend return, not from its own dispatch: the wait behind it is the
+/// previous job's decode, not a cost of this one.
 /// `round_trips` holds one list per frontend (context) in dispatch order:
 /// the first job of a context also waits for the daemon to open its
 /// backend session, a per-context cost reported on its own.
@@ -616,25 +619,28 @@ fn print_job_stats(round_trips: Vec<Vec<JobTiming>>, samples: Vec<daedalus_daemo
     let (mut over, mut to, mut from, mut first_jobs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ctx in &round_trips {
+        let mut previous_end: Option<Instant> = None;
         for (i, j) in ctx.iter().enumerate() {
             let Some(&(took, first, last)) = calls.get(&j.timestamp) else {
                 continue;
             };
-            let o = j
-                .done
-                .saturating_duration_since(j.dispatched)
-                .saturating_sub(took);
+            let ready = previous_end.map_or(j.dispatched, |e| e.max(j.dispatched));
+            previous_end = Some(last);
+            let o = j.done.saturating_duration_since(ready).saturating_sub(took);
             if i == 0 {
                 first_jobs.push(o.as_micros().to_string());
                 continue;
             }
             over.push(o);
-            to.push(first.saturating_duration_since(j.dispatched));
+            to.push(first.saturating_duration_since(ready));
             from.push(j.done.saturating_duration_since(last));
         }
     }
     print_quantiles("per-job overhead outside the backend", over);
-    print_quantiles("  from dispatch to the backend call", to);
+    print_quantiles(
+        "  from dispatch (or the previous job's return) to the backend call",
+        to,
+    );
     print_quantiles("  from the backend's return to the result", from);
     eprintln!(
         "  first job of each context, which also waits for the backend session to open: {} us",

@@ -103,10 +103,14 @@ pub struct ServerConfig {
     /// CPU) before it sleeps; zero sleeps at once. A job that arrives
     /// meanwhile starts without a thread wake-up.
     pub idle_watch: Duration,
-    /// CPUs the server's threads (the connection's reader and the context
-    /// workers, hence their backends' threads) are confined to; `None`
-    /// leaves them to the scheduler ([`crate::affinity`]).
+    /// CPUs the context workers (hence their backends' threads) and, unless
+    /// [`ServerConfig::reader_cpus`] says otherwise, the connection's reader
+    /// are confined to; `None` leaves them to the scheduler
+    /// ([`crate::affinity`]). The prefault thread gets the other CPUs.
     pub cpus: Option<Vec<usize>>,
+    /// CPUs of the connection's reader when they differ from
+    /// [`ServerConfig::cpus`] (`None`: the same).
+    pub reader_cpus: Option<Vec<usize>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -116,6 +120,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("close_timeout", &self.close_timeout)
             .field("idle_watch", &self.idle_watch)
             .field("cpus", &self.cpus)
+            .field("reader_cpus", &self.reader_cpus)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +135,7 @@ impl Default for ServerConfig {
             close_timeout: Duration::from_secs(5),
             idle_watch: DEFAULT_IDLE_WATCH,
             cpus: None,
+            reader_cpus: None,
         }
     }
 }
@@ -198,14 +204,15 @@ impl Server {
     /// the connection is gone (except workers still stuck in a backend past
     /// the close timeout, which are logged and left to finish on their own).
     /// The transport is closed when the session ends with an error or a
-    /// shutdown. With [`ServerConfig::cpus`] the calling thread, the
-    /// connection's reader, is confined to those CPUs.
+    /// shutdown. With [`ServerConfig::reader_cpus`] or
+    /// [`ServerConfig::cpus`] the calling thread, the connection's reader,
+    /// is confined to those CPUs.
     pub fn serve(
         &self,
         transport: Arc<dyn Transport>,
         shutdown: &Shutdown,
     ) -> Result<SessionEnd, ServeError> {
-        if let Some(cpus) = &self.cfg.cpus {
+        if let Some(cpus) = self.cfg.reader_cpus.as_ref().or(self.cfg.cpus.as_ref()) {
             if let Err(e) = crate::affinity::confine(cpus) {
                 tracing::warn!("cannot confine the reader to CPUs {cpus:?}: {e}");
             }

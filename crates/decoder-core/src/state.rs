@@ -264,8 +264,9 @@ struct Context {
     cap: QueueState,
     /// Current control values (applied requests update them).
     ctrls: ControlValues,
-    /// The cookie of the running (non-zombie) job.
-    active: Option<u64>,
+    /// Cookies of the dispatched (non-zombie) jobs, in dispatch order: at
+    /// most [`Config::pipeline_depth`].
+    active: VecDeque<u64>,
     /// CAPTURE buffer held for further slices of the same picture.
     held: Option<u32>,
     /// Daemon generation in which the daemon knows this context.
@@ -400,6 +401,15 @@ pub struct Config {
     /// visl and the kernel module: such a job runs with the context's
     /// current control values, which v4l2-compliance's streaming tests use.
     pub requests_required: bool,
+    /// Jobs of one context the daemon may hold at once (at least 1). 1 is
+    /// the v4l2-mem2mem model (the kernel module's): the next job is sent
+    /// when the previous one completes. With 2 the next job waits in the
+    /// daemon's queue while one decodes, so the backend starts it without
+    /// a round trip through the frontend. Jobs still complete in order, one
+    /// at a time; a job is not sent ahead of the one whose CAPTURE buffer it
+    /// continues (`V4L2_BUF_FLAG_M2M_HOLD_CAPTURE_BUF`), nor while no daemon
+    /// is attached. Each job's deadline runs from its dispatch.
+    pub pipeline_depth: u32,
 }
 
 impl Default for Config {
@@ -416,6 +426,7 @@ impl Default for Config {
             max_contexts: 64,
             max_requests: 1024,
             requests_required: false,
+            pipeline_depth: 1,
         }
     }
 }
@@ -714,7 +725,7 @@ impl Device {
                 out: QueueState::new(out),
                 cap: QueueState::new(cap),
                 ctrls: ControlValues::defaults(Codec::H264),
-                active: None,
+                active: VecDeque::new(),
                 held: None,
                 opened_gen: None,
                 daemon_error: None,
@@ -1118,16 +1129,20 @@ impl Device {
         Ok(())
     }
 
-    /// Cancels the running job of `ctx` if it uses queue `q`: its buffers
-    /// on `q` return to the client, the other queue's buffer completes with
-    /// ERROR, the job becomes a zombie awaiting the daemon.
+    /// Cancels the dispatched jobs of `ctx`, oldest first: their buffers on
+    /// `q` return to the client, the other queue's buffers complete with
+    /// ERROR, the jobs become zombies awaiting the daemon.
     fn cancel_active(&mut self, ctx: CtxId, q: Queue, now: Nanos) {
         let Some(c) = self.contexts.get_mut(&ctx) else {
             return;
         };
-        let Some(cookie) = c.active.take() else {
-            return;
-        };
+        for cookie in std::mem::take(&mut c.active) {
+            self.cancel_job(ctx, cookie, q, now);
+        }
+    }
+
+    /// Cancels one dispatched job (see [`Device::cancel_active`]).
+    fn cancel_job(&mut self, ctx: CtxId, cookie: u64, q: Queue, now: Nanos) {
         let job = self
             .inflight
             .get_mut(&cookie)
@@ -1373,7 +1388,7 @@ impl Device {
         let c = self.contexts.get_mut(&ctx).ok_or(BufError::NoContext)?;
         if let Some(&last) = c.out.ready.back() {
             c.out.bufs[last as usize].info.flags &= !BUF_FLAG_M2M_HOLD_CAPTURE_BUF;
-        } else if let Some(cookie) = c.active {
+        } else if let Some(&cookie) = c.active.back() {
             self.inflight
                 .get_mut(&cookie)
                 .expect("active job is in flight")
@@ -1438,14 +1453,29 @@ impl Device {
         });
     }
 
-    /// Runs as many jobs of `ctx` as can run: at most one in flight.
+    /// Runs as many jobs of `ctx` as can run: up to
+    /// [`Config::pipeline_depth`] in flight.
     fn try_schedule(&mut self, ctx: CtxId, now: Nanos) {
         loop {
             let Some(c) = self.contexts.get_mut(&ctx) else {
                 return;
             };
-            if c.active.is_some() || !c.out.streaming || !c.cap.streaming {
+            if !c.out.streaming || !c.cap.streaming {
                 return;
+            }
+            if let Some(last) = c.active.back() {
+                // A job ahead of the running ones: only to an attached
+                // daemon (a failing job must not overtake them), up to the
+                // depth, and not after a job that holds its CAPTURE buffer
+                // for this one.
+                let attached =
+                    matches!(self.link, Link::Attached { .. }) && c.daemon_error.is_none();
+                if c.active.len() >= self.cfg.pipeline_depth.max(1) as usize
+                    || !attached
+                    || self.inflight.get(last).is_none_or(|j| j.hold)
+                {
+                    return;
+                }
             }
             let Some(&out_idx) = c.out.ready.front() else {
                 return;
@@ -1516,7 +1546,6 @@ impl Device {
             self.dispatch(
                 ctx, gen, cookie, out_idx, cap_idx, request, hold, continuing, now,
             );
-            return;
         }
     }
 
@@ -1540,13 +1569,26 @@ impl Device {
         let mut ref_bufs = Vec::new();
         let num_refs = ts.len().min(proto::DV_MAX_REFS as usize);
         for (slot, t) in refs.iter_mut().zip(ts.iter()) {
-            let idx = c
-                .cap
-                .bufs
-                .iter()
-                .enumerate()
-                .position(|(i, b)| b.has_picture && b.info.timestamp == *t && i as u32 != cap_idx)
-                .map(|i| i as u32);
+            // A job still in flight writes the picture first (the daemon runs
+            // a context's jobs in order); otherwise a buffer holding it, not
+            // one being written (its old picture is going).
+            let ahead = c.active.iter().rev().find_map(|k| {
+                let j = &self.inflight[k];
+                (c.out.bufs[j.output as usize].info.timestamp == *t).then_some(j.capture)
+            });
+            let idx = ahead.or_else(|| {
+                c.cap
+                    .bufs
+                    .iter()
+                    .enumerate()
+                    .position(|(i, b)| {
+                        b.has_picture
+                            && b.info.timestamp == *t
+                            && i as u32 != cap_idx
+                            && b.info.state != BufState::Active
+                    })
+                    .map(|i| i as u32)
+            });
             *slot = proto::RefEntry {
                 timestamp: *t,
                 capture_index: idx.unwrap_or(proto::DV_NO_BUFFER),
@@ -1671,7 +1713,11 @@ impl Device {
                 },
             },
         );
-        self.contexts.get_mut(&ctx).expect("exists").active = Some(cookie);
+        self.contexts
+            .get_mut(&ctx)
+            .expect("exists")
+            .active
+            .push_back(cookie);
         self.stats.dispatched += 1;
     }
 
@@ -1768,9 +1814,7 @@ impl Device {
         }
         let ctx = job.ctx;
         if let Some(c) = self.contexts.get_mut(&ctx) {
-            if c.active == Some(cookie) {
-                c.active = None;
-            }
+            c.active.retain(|&k| k != cookie);
         }
         if ok {
             self.stats.done += 1;
@@ -1926,6 +1970,15 @@ impl Device {
             self.complete_job(r.cookie, false, [0; 4], 0, now);
             return ResultDisposition::LateAck;
         }
+        // A context's results come in job order; jobs the daemon skipped
+        // complete with ERROR first, so buffers still complete in order.
+        let ctx = job.ctx;
+        while let Some(&first) = self.contexts.get(&ctx).and_then(|c| c.active.front()) {
+            if first == r.cookie {
+                break;
+            }
+            self.complete_job(first, false, [0; 4], 0, now);
+        }
         let ok = r.status == proto::DV_STATUS_DONE;
         self.complete_job(r.cookie, ok, r.bytesused, r.flags, now);
         ResultDisposition::Applied
@@ -1972,9 +2025,7 @@ impl Device {
             job.zombie = true;
             job.deadline = now.saturating_add(self.cfg.job_timeout);
             if let Some(c) = self.contexts.get_mut(&ctx) {
-                if c.active == Some(cookie) {
-                    c.active = None;
-                }
+                c.active.retain(|&k| k != cookie);
             }
             self.stats.errors += 1;
             self.events.push_back(Event::JobDone {

@@ -24,6 +24,8 @@ static DRAINED: AtomicU64 = AtomicU64::new(0);
 static TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 static REJECTED: AtomicU64 = AtomicU64::new(0);
 static RETURNED: AtomicU64 = AtomicU64::new(0);
+/// Steps after which some context had more than one job running.
+static PIPELINED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -88,6 +90,10 @@ struct Checker {
     dispatched: BTreeSet<u64>,
     answered_ok: BTreeSet<u64>,
     returned: u64,
+    /// `Config::pipeline_depth` of the device.
+    depth: usize,
+    /// Cookie of each context's last completed job.
+    last_done: BTreeMap<CtxId, u64>,
 }
 
 fn q(b: bool) -> Queue {
@@ -103,9 +109,12 @@ fn fail(msg: String) -> TestCaseError {
 }
 
 impl Checker {
-    fn new() -> Self {
+    fn new(depth: u32) -> Self {
         Checker {
-            sim: Sim::new(Device::new(Config::default())),
+            sim: Sim::new(Device::new(Config {
+                pipeline_depth: depth,
+                ..Config::default()
+            })),
             ctxs: Vec::new(),
             client_owned: BTreeSet::new(),
             driver_owned: BTreeSet::new(),
@@ -113,6 +122,8 @@ impl Checker {
             dispatched: BTreeSet::new(),
             answered_ok: BTreeSet::new(),
             returned: 0,
+            depth: depth as usize,
+            last_done: BTreeMap::new(),
         }
     }
 
@@ -413,9 +424,17 @@ impl Checker {
             }
         }
         while let Some(ev) = self.sim.dev.poll_event() {
-            if let Event::JobDone { cookie, ok, .. } = ev {
+            if let Event::JobDone { ctx, cookie, ok } = ev {
                 if !self.job_done.insert(cookie) {
                     return Err(fail(format!("job {cookie} completed twice")));
+                }
+                // a context's jobs complete in dispatch (cookie) order
+                if let Some(last) = self.last_done.insert(ctx, cookie) {
+                    if last > cookie {
+                        return Err(fail(format!(
+                            "job {cookie} of {ctx:?} completed after job {last}"
+                        )));
+                    }
                 }
                 if ok && !self.answered_ok.contains(&cookie) {
                     return Err(fail(format!(
@@ -469,19 +488,22 @@ impl Checker {
                 )));
             }
         }
-        // at most one job runs per context (decode order is sequential)
+        // at most `depth` jobs run per context (one with depth 1, the m2m model)
         for &c in &self.ctxs {
             let active = (0..self.sim.dev.buffer_count(c, Queue::Output))
                 .filter(|i| {
                     self.sim.dev.buffer(c, Queue::Output, *i).unwrap().state == BufState::Active
                 })
                 .count();
-            if active > 1 {
+            if active > self.depth {
                 return Err(fail(format!("{op:?}: {active} jobs running on {c:?}")));
+            }
+            if active > 1 {
+                PIPELINED.fetch_add(1, Ordering::Relaxed);
             }
             // a job runs only while both queues stream
             let dev = &self.sim.dev;
-            if active == 1
+            if active > 0
                 && !(dev.is_streaming(c, Queue::Output) && dev.is_streaming(c, Queue::Capture))
             {
                 return Err(fail(format!(
@@ -559,8 +581,8 @@ impl Checker {
     }
 }
 
-fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut c = Checker::new();
+fn run_case(ops: Vec<Op>, depth: u32) -> Result<(), TestCaseError> {
+    let mut c = Checker::new(depth);
     // Most cases start from two streaming contexts and a daemon, so that the
     // random part spends its steps on jobs rather than on setup.
     if !ops.len().is_multiple_of(4) {
@@ -579,6 +601,11 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
         ];
         for op in &prelude {
             c.apply(op)?;
+        }
+        // With a pipeline, half of those start with the daemon stopped, so
+        // that jobs pile up in it until it answers them one by one or goes on.
+        if depth > 1 && ops.len() % 2 == 1 {
+            c.apply(&Op::DaemonStop)?;
         }
     }
     for op in &ops {
@@ -601,36 +628,74 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 #[test]
 fn random_interleavings_keep_every_invariant() {
+    random_interleavings(1, 1500, 100_000);
+}
+
+/// The same with two jobs of a context in flight at once, as the embedded
+/// stack runs (`Config::pipeline_depth`).
+#[test]
+fn random_interleavings_keep_every_invariant_with_two_jobs_in_flight() {
+    random_interleavings(2, 1000, 60_000);
+}
+
+/// The two runs share the step and job counters: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn random_interleavings(depth: u32, default_cases: u32, min_steps: u64) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for a in [
+        &STEPS,
+        &JOBS_DONE,
+        &JOBS_FAILED,
+        &FAIL_FAST,
+        &DRAINED,
+        &TIMEOUTS,
+        &REJECTED,
+        &RETURNED,
+        &PIPELINED,
+    ] {
+        a.store(0, Ordering::Relaxed);
+    }
     let cases: u32 = std::env::var("DAEDALUS_PROP_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1500);
+        .unwrap_or(default_cases);
     let mut runner = TestRunner::new(PtConfig {
         cases,
         failure_persistence: None,
         ..PtConfig::default()
     });
-    STEPS.store(0, Ordering::Relaxed);
-    let result = runner.run(&prop::collection::vec(op(), 1..220), run_case);
+    let result = runner.run(&prop::collection::vec(op(), 1..220), |ops| {
+        run_case(ops, depth)
+    });
     let steps = STEPS.load(Ordering::Relaxed);
     if let Err(e) = result {
         panic!("{e}");
     }
-    println!("state machine: {steps} random steps in {cases} cases, every invariant held");
+    println!(
+        "state machine (pipeline depth {depth}): {steps} random steps in {cases} cases, every invariant held"
+    );
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     println!(
         "  jobs done {}, failed {} (fail-fast {}, drained {}, timed out {}), bad results rejected {}, buffers returned {}",
         l(&JOBS_DONE), l(&JOBS_FAILED), l(&FAIL_FAST), l(&DRAINED), l(&TIMEOUTS), l(&REJECTED), l(&RETURNED)
     );
-    if cases >= 1500 {
-        assert!(steps >= 100_000, "only {steps} steps");
+    let pipelined = l(&PIPELINED);
+    println!("  steps with more than one job of a context running: {pipelined}");
+    if cases >= default_cases {
+        assert!(steps >= min_steps, "only {steps} steps");
+        assert_eq!(
+            pipelined > 0,
+            depth > 1,
+            "depth {depth}: {pipelined} pipelined steps"
+        );
     }
 }
 
 #[test]
 fn the_checker_catches_a_double_return() {
     // The invariant machinery must be able to fail.
-    let mut c = Checker::new();
+    let mut c = Checker::new(1);
     c.apply(&Op::Open).unwrap();
     c.apply(&Op::Reqbufs(0, true, 1)).unwrap();
     let k = (c.ctxs[0], Queue::Capture, 0);

@@ -878,3 +878,217 @@ fn new_formats_lift_a_daemon_refusal() {
     assert_eq!(d.flags & BUF_FLAG_ERROR, 0);
     assert_eq!(s.dev.stats().fail_fast, 0);
 }
+
+/// A device running two jobs of a context at once (`Config::pipeline_depth`)
+/// with a stopped daemon, and a VP8 context streaming 4 buffers a queue.
+fn pipelined() -> (Sim, CtxId) {
+    let mut s = Sim::new(Device::new(Config {
+        pipeline_depth: 2,
+        ..Config::default()
+    }));
+    s.daemon_start();
+    s.daemon.mode = DaemonMode::Stopped;
+    let c = s.dev.open_context().unwrap();
+    let want = PixFormat {
+        fourcc: fmt::PIX_FMT_VP8_FRAME,
+        width: 176,
+        height: 144,
+        ..Default::default()
+    };
+    s.dev.set_format(c, Queue::Output, want).unwrap();
+    let now = s.now;
+    for q in [Queue::Output, Queue::Capture] {
+        assert_eq!(s.dev.reqbufs(c, q, Memory::Mmap, 4), Ok(4));
+        s.dev.streamon(c, q, now).unwrap();
+    }
+    (s, c)
+}
+
+/// Queues OUTPUT buffer `i` (timestamp `ts`) in a request whose VP8 frame
+/// names `refs` as last, golden and altref picture (a key frame if none).
+fn decode_vp8(s: &mut Sim, c: CtxId, i: u32, ts: u64, refs: Option<u64>, flags: u32) {
+    use decoder_core::ctrl::vp8::V4l2CtrlVp8Frame;
+    use decoder_core::ctrl::CompoundControl;
+    let mut f = V4l2CtrlVp8Frame::default_value();
+    match refs {
+        Some(t) => (f.last_frame_ts, f.golden_frame_ts, f.alt_frame_ts) = (t, t, t),
+        None => f.flags |= 1, // V4L2_VP8_FRAME_FLAG_KEY_FRAME
+    }
+    let now = s.now;
+    let r = s.dev.request_alloc().unwrap();
+    let bytes = zerocopy::IntoBytes::as_bytes(&f).to_vec();
+    s.dev
+        .set_controls(
+            c,
+            Which::Request(r),
+            &[(V4l2CtrlVp8Frame::ID, &bytes)],
+            false,
+        )
+        .unwrap();
+    let args = QbufArgs {
+        bytesused: [100, 0, 0, 0],
+        timestamp: ts,
+        flags,
+        request: Some(r),
+        memory_changed: false,
+    };
+    s.dev
+        .qbuf(c, Queue::Output, i, Memory::Mmap, args, now)
+        .unwrap();
+    s.dev.request_queue(r, now).unwrap();
+    s.pump();
+}
+
+fn pending(s: &mut Sim) -> Vec<proto::DecodeJob> {
+    s.pump_rx();
+    s.daemon.pending.iter().map(|j| j.job).collect()
+}
+
+#[test]
+fn a_pipelined_job_references_the_picture_still_being_decoded() {
+    let (mut s, c) = pipelined();
+    for i in 0..4 {
+        qcap(&mut s, c, i);
+    }
+    decode_vp8(&mut s, c, 0, 10, None, 0);
+    decode_vp8(&mut s, c, 1, 20, Some(10), 0);
+    decode_vp8(&mut s, c, 2, 30, Some(20), 0);
+    // Two sent: the second names the first one's CAPTURE buffer, which
+    // holds no picture yet; the third waits for a slot.
+    let p = pending(&mut s);
+    assert_eq!(p.len(), 2);
+    assert_eq!((p[0].capture_index, p[1].capture_index), (0, 1));
+    assert_eq!(p[1].num_refs, 3);
+    assert!(p[1].refs[..3]
+        .iter()
+        .all(|r| (r.timestamp, r.capture_index) == (10, 0)));
+    // The first result sends the third job.
+    assert!(s.daemon_answer_one(true));
+    let p = pending(&mut s);
+    assert_eq!(p.len(), 2);
+    assert_eq!((p[1].output_index, p[1].capture_index), (2, 2));
+    assert!(p[1].refs[..3]
+        .iter()
+        .all(|r| (r.timestamp, r.capture_index) == (20, 1)));
+    let d = s.dev.dqbuf(c, Queue::Capture).unwrap();
+    assert_eq!((d.index, d.timestamp, d.flags & BUF_FLAG_ERROR), (0, 10, 0));
+    assert_eq!(
+        s.dev.dqbuf(c, Queue::Capture).unwrap_err().errno(),
+        e::EAGAIN
+    );
+}
+
+#[test]
+fn a_buffer_being_written_is_not_a_reference() {
+    let (mut s, c) = pipelined();
+    qcap(&mut s, c, 0);
+    decode_vp8(&mut s, c, 0, 10, None, 0);
+    s.daemon_answer_one(true);
+    assert_eq!(s.dev.dqbuf(c, Queue::Capture).unwrap().index, 0);
+    // CAPTURE 0 holds picture 10 and is queued again, after CAPTURE 1: job
+    // 20 (into 1) may use picture 10, but job 30, sent while job 20 runs,
+    // overwrites buffer 0 and so cannot.
+    qcap(&mut s, c, 1);
+    qcap(&mut s, c, 0);
+    decode_vp8(&mut s, c, 1, 20, Some(10), 0);
+    decode_vp8(&mut s, c, 2, 30, Some(10), 0);
+    let p = pending(&mut s);
+    assert_eq!(p.len(), 2);
+    assert_eq!((p[0].capture_index, p[0].refs[0].capture_index), (1, 0));
+    assert_eq!(p[1].capture_index, 0);
+    assert_eq!(p[1].refs[0].capture_index, proto::DV_NO_BUFFER);
+}
+
+#[test]
+fn pipelined_jobs_complete_in_order_whatever_the_daemon_does() {
+    // A result for the second job first: the first completes with ERROR
+    // before it, and the daemon's late answer for it is rejected.
+    let (mut s, c) = pipelined();
+    for i in 0..2 {
+        qcap(&mut s, c, i);
+    }
+    decode_vp8(&mut s, c, 0, 10, None, 0);
+    decode_vp8(&mut s, c, 1, 20, None, 0);
+    let p = pending(&mut s);
+    let answer = |s: &mut Sim, j: &proto::DecodeJob| {
+        let r = proto::JobResult {
+            ctx_id: j.ctx_id,
+            status: proto::DV_STATUS_DONE,
+            cookie: j.cookie,
+            error: 0,
+            flags: 0,
+            bytesused: [0; 4],
+        };
+        s.dev
+            .daemon_receive(&Message::Result(r).to_bytes(0), s.now)
+            .unwrap()
+    };
+    assert_eq!(answer(&mut s, &p[1]), Some(ResultDisposition::Applied));
+    let a = s.dev.dqbuf(c, Queue::Capture).unwrap();
+    let b = s.dev.dqbuf(c, Queue::Capture).unwrap();
+    assert_eq!((a.index, a.flags & BUF_FLAG_ERROR != 0), (0, true));
+    assert_eq!((b.index, b.flags & BUF_FLAG_ERROR != 0), (1, false));
+    assert_eq!(answer(&mut s, &p[0]), Some(ResultDisposition::Unknown));
+
+    // The daemon dies with two jobs in it: both fail, in order, and the
+    // next job fails fast after them.
+    let (mut s, c) = pipelined();
+    for i in 0..3 {
+        qcap(&mut s, c, i);
+    }
+    for (i, ts) in [(0, 10), (1, 20), (2, 30)] {
+        decode_vp8(&mut s, c, i, ts, None, 0);
+    }
+    assert_eq!(pending(&mut s).len(), 2);
+    s.daemon_kill();
+    let order: Vec<(u32, bool)> = (0..3)
+        .map(|_| s.dev.dqbuf(c, Queue::Capture).unwrap())
+        .map(|d| (d.index, d.flags & BUF_FLAG_ERROR != 0))
+        .collect();
+    assert_eq!(order, [(0, true), (1, true), (2, true)]);
+    assert_eq!(s.dev.stats().drained, 2);
+    assert_eq!(s.dev.stats().fail_fast, 1);
+    assert_eq!(s.dev.inflight_count(), 0);
+
+    // STREAMOFF on OUTPUT cancels both: their CAPTURE buffers complete
+    // with ERROR in order, the daemon is told.
+    let (mut s, c) = pipelined();
+    for i in 0..2 {
+        qcap(&mut s, c, i);
+    }
+    decode_vp8(&mut s, c, 0, 10, None, 0);
+    decode_vp8(&mut s, c, 1, 20, None, 0);
+    assert_eq!(pending(&mut s).len(), 2);
+    let now = s.now;
+    s.dev.streamoff(c, Queue::Output, now).unwrap();
+    let order: Vec<u32> = (0..2)
+        .map(|_| s.dev.dqbuf(c, Queue::Capture).unwrap().index)
+        .collect();
+    assert_eq!(order, [0, 1]);
+    s.pump_rx();
+    assert!(s.daemon.pending.iter().all(|j| j.cancelled));
+    assert_eq!(s.dev.stats().cancelled, 2);
+}
+
+#[test]
+fn no_job_is_sent_ahead_of_one_holding_its_capture_buffer() {
+    let (mut s, c) = pipelined();
+    for i in 0..2 {
+        qcap(&mut s, c, i);
+    }
+    // Two slices of picture 10, then picture 20.
+    decode_vp8(&mut s, c, 0, 10, None, BUF_FLAG_M2M_HOLD_CAPTURE_BUF);
+    decode_vp8(&mut s, c, 1, 10, None, 0);
+    decode_vp8(&mut s, c, 2, 20, None, 0);
+    assert_eq!(pending(&mut s).len(), 1);
+    s.daemon_answer_one(true);
+    // The second slice continues in the held buffer; picture 20 may go
+    // along with it.
+    let p = pending(&mut s);
+    assert_eq!(p.len(), 2);
+    assert_eq!(
+        (p[0].capture_index, p[0].flags),
+        (0, proto::DV_DECODE_CONTINUE)
+    );
+    assert_eq!((p[1].capture_index, p[1].flags), (1, 0));
+}
