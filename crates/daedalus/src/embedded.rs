@@ -44,31 +44,36 @@ pub const CAPTURE_BUFFERS: u32 = 32;
 /// than the one it went to sleep with).
 const RECEIVER_TICK: Duration = Duration::from_millis(100);
 
-/// Jobs the device keeps in the daemon at once (`Config::pipeline_depth`):
-/// the next job waits in the daemon's queue while one decodes, so the
-/// backend starts it as soon as it returns instead of after a round trip
-/// through the frontend (~50-100 µs a job here with one job at a time,
-/// 15-30 µs with two; decode-loop speed +1-3 % on H.264, HEVC and AV1,
-/// unchanged on VP9, in host A/B runs).
-const PIPELINE_DEPTH: u32 = 2;
+// Jobs in flight (`Embedded::new`'s `jobs_in_flight`, the device's
+// `Config::pipeline_depth`): with 2 the next job waits in the daemon's
+// queue while one decodes, so the backend starts it as soon as it returns
+// instead of after a round trip through the frontend (~50-100 µs a job
+// here with one job at a time, 15-30 µs with two; decode-loop speed +1-3 %
+// on H.264, HEVC and AV1, unchanged on VP9, in host A/B runs). With 1 each
+// result crosses no CPU (see `Placement`): less latency per picture.
+//
+// The device is handed one CAPTURE buffer per job it may run. When a
+// job's result comes, the receiver thread queues the next buffer from
+// `Core::cap_pool` in the same pass, so the device dispatches the next job
+// at once. The pool hands out the buffer the decode loop returned last: it
+// is still warm in caches and page tables, and the stack cycles through as
+// few buffers as it can instead of through all `CAPTURE_BUFFERS` (a
+// standalone decode round-robin over 6 or 12 buffers ran 4-10 % slower
+// than over 3).
 
-/// CAPTURE buffers handed to the device at a time: one per job it may run
-/// ([`PIPELINE_DEPTH`]). When a job's result comes, the receiver thread
-/// queues the next buffer from [`Core::cap_pool`] in the same pass, so the
-/// device dispatches the next job at once. The pool hands out the buffer
-/// the decode loop returned last: it is still warm in caches and page
-/// tables, and the stack cycles through as few buffers as it can instead
-/// of through all [`CAPTURE_BUFFERS`] (a standalone decode round-robin
-/// over 6 or 12 buffers ran 4-10 % slower than over 3).
-const CAPTURE_IN_DEVICE: usize = PIPELINE_DEPTH as usize;
-
-/// Where the threads of a one-thread decode run: the context worker (the
-/// backend's decoding) alone on one CPU (`jobs`), everything else on the
-/// others (`player`): the player (parsing, display), the frontend's
-/// receiver, the daemon's reader and its prefault thread. With the next
-/// job already queued in the daemon ([`PIPELINE_DEPTH`]) the hand-offs
-/// between the receiver and the reader happen while the worker decodes,
-/// not between two of its jobs.
+/// Where the threads of a one-thread decode run.
+///
+/// With one job in flight, every job goes frontend receiver -> daemon
+/// reader -> context worker -> frontend receiver, each handing it to the
+/// next and then waiting, so the three share one CPU (`jobs`) and every
+/// hand-off is a wake-up on a CPU that is awake, instead of on an idle one,
+/// which on a virtual CPU costs tens of µs (`examples/wake_floor`); the
+/// player (parsing, display) runs on the other CPUs (`player`).
+///
+/// With two, the worker has `jobs` to itself and the receiver and the
+/// reader join the player: they hand the next job over while the worker
+/// decodes, not between two of its jobs (on one CPU with the worker they
+/// would wait for it to finish).
 #[derive(Debug, Clone)]
 struct Placement {
     jobs: Vec<usize>,
@@ -123,6 +128,8 @@ struct Core {
     cap_pool: Vec<u32>,
     /// CAPTURE buffers the device owns (queued, or in a job).
     cap_owned: usize,
+    /// The most it is handed at a time: one per job in flight.
+    cap_in_device: usize,
 }
 
 /// What the decode loop and the receiver thread share.
@@ -168,14 +175,24 @@ impl Embedded {
         height: u32,
         ten_bit: bool,
         threads: usize,
+        jobs_in_flight: u32,
     ) -> Result<Self> {
         let (front, back) = SeqPacket::pair().context("socketpair")?;
         let shutdown = Shutdown::new()?;
+        let jobs_in_flight = jobs_in_flight.max(1);
         let placement = Placement::choose(threads);
+        // The receiver's and the reader's CPUs (see `Placement`).
+        let path_cpus = placement.as_ref().map(|p| {
+            if jobs_in_flight > 1 {
+                p.player.clone()
+            } else {
+                p.jobs.clone()
+            }
+        });
         let server = Server::new(ServerConfig {
             threads: threads.max(1),
             cpus: placement.as_ref().map(|p| p.jobs.clone()),
-            reader_cpus: placement.as_ref().map(|p| p.player.clone()),
+            reader_cpus: path_cpus.clone(),
             ..ServerConfig::default()
         });
         let back: Arc<dyn Transport> = Arc::new(back);
@@ -191,7 +208,7 @@ impl Embedded {
             daemon_memory: proto::DV_MEM_MEMFD,
             features: proto::DV_FEAT_MEMFD | proto::DV_FEAT_CANCEL | proto::DV_FEAT_HOLD_CAPTURE,
             job_timeout: 10_000_000_000,
-            pipeline_depth: PIPELINE_DEPTH,
+            pipeline_depth: jobs_in_flight,
             ..Config::default()
         };
         let mut dev = Device::new(cfg);
@@ -238,6 +255,7 @@ impl Embedded {
             ctx,
             cap_pool: Vec::with_capacity(cap_bufs.len()),
             cap_owned: 0,
+            cap_in_device: jobs_in_flight as usize,
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -268,7 +286,7 @@ impl Embedded {
             core.flush_tx();
         }
         // Started once the link is up: the receiver ends when it is down.
-        let rx_cpus = placement.as_ref().map(|p| p.player.clone());
+        let rx_cpus = path_cpus;
         this.receiver = Some(
             std::thread::Builder::new()
                 .name("daedalus-rx".into())
@@ -433,9 +451,9 @@ impl Core {
     }
 
     /// QBUF of pooled CAPTURE buffers while the device owns fewer than
-    /// [`CAPTURE_IN_DEVICE`].
+    /// [`Core::cap_in_device`].
     fn refill_capture(&mut self) -> Result<()> {
-        while self.cap_owned < CAPTURE_IN_DEVICE {
+        while self.cap_owned < self.cap_in_device {
             let Some(index) = self.cap_pool.pop() else {
                 break;
             };
@@ -540,7 +558,7 @@ impl Frontend for Embedded {
     }
 
     /// Queues a CAPTURE buffer for decoding into (to the device at once
-    /// if it holds fewer than [`CAPTURE_IN_DEVICE`], else to the pool the
+    /// if it holds fewer than [`Core::cap_in_device`], else to the pool the
     /// receiver thread refills it from).
     fn queue_capture(&mut self, index: u32) -> Result<()> {
         let mut core = self.shared.lock();

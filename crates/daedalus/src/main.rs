@@ -67,6 +67,12 @@ enum Cmd {
         /// Decoding threads of the embedded daemon.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Jobs the embedded stack keeps in its daemon at once: 2 queues
+        /// the next job while one decodes (throughput); 1 sends it when the
+        /// previous one completes, with every hand-off on the decoding CPU
+        /// (the least latency per picture).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+        jobs_in_flight: u32,
     },
 }
 
@@ -88,6 +94,7 @@ fn main() {
             media,
             memory,
             threads,
+            jobs_in_flight,
             job_stats,
         } => decode(
             &input,
@@ -104,6 +111,7 @@ fn main() {
                 )
             }),
             threads,
+            jobs_in_flight,
             job_stats,
         ),
     };
@@ -373,6 +381,7 @@ fn decode(
     framemd5: Option<&Path>,
     device: Option<(&Path, device::DeviceOptions)>,
     threads: usize,
+    jobs_in_flight: u32,
     job_stats: bool,
 ) -> Result<()> {
     let mut source = open_source(input)?;
@@ -402,7 +411,14 @@ fn decode(
                     ten_bit,
                 )?),
                 None => {
-                    let mut e = Embedded::new(fmt::fourcc_of(codec), cw, ch, ten_bit, threads)?;
+                    let mut e = Embedded::new(
+                        fmt::fourcc_of(codec),
+                        cw,
+                        ch,
+                        ten_bit,
+                        threads,
+                        jobs_in_flight,
+                    )?;
                     if job_stats {
                         daedalus_daemon::stats::enable();
                         e.enable_timing();
