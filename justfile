@@ -30,7 +30,7 @@ uapi:
 test-native: uapi
     cargo test --workspace --release
     @echo "== state machine property run (step count):"
-    cargo test -q --release -p decoder-core --test state_props -- --nocapture 2>&1 | grep -E 'state machine:|jobs done|test result'
+    cargo test -q --release -p decoder-core --test state_props -- --nocapture 2>&1 | grep -E 'state machine|jobs done|steps with|test result'
     @echo "== scenarios on decoder-core:"
     cargo test -q --release -p decoder-core --test scenarios -- --nocapture 2>&1 | grep -E '^scenario|scenarios,|test result'
 

@@ -52,15 +52,23 @@ enum Op {
     Advance(u16),
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// A random step. With a pipeline (`depth` > 1) a stopped daemon goes on
+/// and time passes less often, and more jobs are queued, so that jobs pile
+/// up in the daemon more.
+fn op(depth: u32) -> impl Strategy<Value = Op> {
+    let (cont, advance, capture, decode) = if depth > 1 {
+        (1, 1, 10, 12)
+    } else {
+        (2, 2, 6, 8)
+    };
     prop_oneof![
         1 => Just(Op::Open),
         1 => any::<u8>().prop_map(Op::Close),
         1 => (any::<u8>(), any::<bool>(), 0u8..5).prop_map(|(c, q, n)| Op::Reqbufs(c, q, n)),
         2 => (any::<u8>(), any::<bool>()).prop_map(|(c, q)| Op::Streamon(c, q)),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(c, q)| Op::Streamoff(c, q)),
-        6 => (any::<u8>(), 0u8..5).prop_map(|(c, i)| Op::QueueCapture(c, i)),
-        8 => (any::<u8>(), 0u8..5, 0u8..6, prop::bool::weighted(0.2))
+        capture => (any::<u8>(), 0u8..5).prop_map(|(c, i)| Op::QueueCapture(c, i)),
+        decode => (any::<u8>(), 0u8..5, 0u8..6, prop::bool::weighted(0.2))
             .prop_map(|(c, i, t, h)| Op::Decode(c, i, t, h)),
         10 => (any::<u8>(), any::<bool>()).prop_map(|(c, q)| Op::Dqbuf(c, q)),
         1 => any::<u8>().prop_map(Op::Flush),
@@ -68,12 +76,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::DaemonStart),
         1 => Just(Op::DaemonKill),
         1 => Just(Op::DaemonStop),
-        2 => Just(Op::DaemonCont),
+        cont => Just(Op::DaemonCont),
         4 => any::<bool>().prop_map(Op::DaemonAnswer),
         1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Op::DaemonGarbage),
         1 => Just(Op::DaemonForeign),
         1 => Just(Op::DaemonReplay),
-        2 => (0u16..3000).prop_map(Op::Advance),
+        advance => (0u16..3000).prop_map(Op::Advance),
     ]
 }
 
@@ -635,7 +643,7 @@ fn random_interleavings_keep_every_invariant() {
 /// stack runs (`Config::pipeline_depth`).
 #[test]
 fn random_interleavings_keep_every_invariant_with_two_jobs_in_flight() {
-    random_interleavings(2, 1000, 60_000);
+    random_interleavings(2, 2000, 200_000);
 }
 
 /// The two runs share the step and job counters: one at a time.
@@ -665,7 +673,7 @@ fn random_interleavings(depth: u32, default_cases: u32, min_steps: u64) {
         failure_persistence: None,
         ..PtConfig::default()
     });
-    let result = runner.run(&prop::collection::vec(op(), 1..220), |ops| {
+    let result = runner.run(&prop::collection::vec(op(depth), 1..220), |ops| {
         run_case(ops, depth)
     });
     let steps = STEPS.load(Ordering::Relaxed);
@@ -684,10 +692,15 @@ fn random_interleavings(depth: u32, default_cases: u32, min_steps: u64) {
     println!("  steps with more than one job of a context running: {pipelined}");
     if cases >= default_cases {
         assert!(steps >= min_steps, "only {steps} steps");
-        assert_eq!(
-            pipelined > 0,
-            depth > 1,
-            "depth {depth}: {pipelined} pipelined steps"
+        // With a pipeline, a good many steps must have had it full.
+        let enough = if depth > 1 {
+            pipelined >= 100
+        } else {
+            pipelined == 0
+        };
+        assert!(
+            enough,
+            "depth {depth}: {pipelined} steps with more than one job of a context running"
         );
     }
 }
