@@ -44,23 +44,6 @@ pub const CAPTURE_BUFFERS: u32 = 32;
 /// than the one it went to sleep with).
 const RECEIVER_TICK: Duration = Duration::from_millis(100);
 
-// Jobs in flight (`Embedded::new`'s `jobs_in_flight`, the device's
-// `Config::pipeline_depth`): with 2 the next job waits in the daemon's
-// queue while one decodes, so the backend starts it as soon as it returns
-// instead of after a round trip through the frontend (~50-100 µs a job
-// here with one job at a time, 15-30 µs with two; decode-loop speed +1-3 %
-// on H.264, HEVC and AV1, unchanged on VP9, in host A/B runs). With 1 each
-// result crosses no CPU (see `Placement`): less latency per picture.
-//
-// The device is handed one CAPTURE buffer per job it may run. When a
-// job's result comes, the receiver thread queues the next buffer from
-// `Core::cap_pool` in the same pass, so the device dispatches the next job
-// at once. The pool hands out the buffer the decode loop returned last: it
-// is still warm in caches and page tables, and the stack cycles through as
-// few buffers as it can instead of through all `CAPTURE_BUFFERS` (a
-// standalone decode round-robin over 6 or 12 buffers ran 4-10 % slower
-// than over 3).
-
 /// Where the threads of a one-thread decode run.
 ///
 /// With one job in flight, every job goes frontend receiver -> daemon
@@ -128,7 +111,14 @@ struct Core {
     cap_pool: Vec<u32>,
     /// CAPTURE buffers the device owns (queued, or in a job).
     cap_owned: usize,
-    /// The most it is handed at a time: one per job in flight.
+    /// The most it is handed at a time: one per job in flight. When a
+    /// job's result comes, the receiver thread queues the next buffer from
+    /// [`Core::cap_pool`] in the same pass, so the device dispatches the
+    /// next job at once. The pool hands out the buffer the decode loop
+    /// returned last: it is still warm in caches and page tables, and the
+    /// stack cycles through as few buffers as it can instead of through
+    /// all [`CAPTURE_BUFFERS`] (a standalone decode round-robin over 8 or
+    /// 12 buffers ran ~10 % slower than over 3 to 5).
     cap_in_device: usize,
 }
 
@@ -169,6 +159,14 @@ impl Embedded {
     /// Starts the daemon server on one end of a socketpair and a device on
     /// the other, negotiates formats for `codec_fourcc` at the coded size,
     /// allocates and maps the buffers and starts streaming.
+    ///
+    /// `jobs_in_flight` is the device's `Config::pipeline_depth`. With 2 the
+    /// next job waits in the daemon's queue while one decodes, so the
+    /// backend starts it as soon as it returns instead of after a round trip
+    /// through the frontend (~50-100 µs a job here with one job at a time,
+    /// 15-30 µs with two; decode loop +1-3 % on H.264, HEVC and AV1,
+    /// unchanged on VP9, in host A/B runs). With 1 no result crosses CPUs
+    /// ([`Placement`]): less latency per picture.
     pub fn new(
         coded_fourcc: u32,
         width: u32,
