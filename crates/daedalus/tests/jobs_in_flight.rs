@@ -4,22 +4,9 @@
 //! buffer, and results come back in order (H.264 with B-frames, VP9 with
 //! hidden altref frames).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn encode(dir: &Path, name: &str, codec_args: &[&str]) -> PathBuf {
-    let f = dir.join(name);
-    let st = Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=320x240:rate=25")
-        .args(["-frames:v", "40", "-pix_fmt", "yuv420p"])
-        .args(codec_args)
-        .arg(&f)
-        .status()
-        .expect("ffmpeg is needed to make the test streams");
-    assert!(st.success(), "encoding {name}");
-    f
-}
+use std::process::Command;
 
 /// The hash column of a framemd5 text.
 fn hashes(text: &str) -> Vec<String> {
@@ -34,14 +21,18 @@ fn one_or_two_jobs_in_flight_decode_the_same_frames_as_ffmpeg() {
     let dir = std::env::temp_dir().join(format!("daedalus-jif-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let streams = [
-        encode(
+        common::encode(
             &dir,
             "b.h264",
+            "320x240",
+            40,
             &["-c:v", "libx264", "-bf", "3", "-x264-params", "keyint=15"],
         ),
-        encode(
+        common::encode(
             &dir,
             "altref.ivf",
+            "320x240",
+            40,
             &[
                 "-c:v",
                 "libvpx-vp9",

@@ -3,6 +3,8 @@
 //! within a bound, with exit status 0 or 1 (never a panic, 101, or a
 //! signal), and a failing run must say why on stderr.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,26 +20,13 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn make_h264(dir: &Path) -> Vec<u8> {
-    let f = dir.join("src.h264");
-    let st = Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=176x144:rate=25")
-        .args([
-            "-frames:v",
-            "30",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:v",
-            "libx264",
-            "-bf",
-            "2",
-            "-x264-params",
-            "keyint=10",
-        ])
-        .arg(&f)
-        .status()
-        .expect("ffmpeg is needed to make the test stream");
-    assert!(st.success());
+    let f = common::encode(
+        dir,
+        "src.h264",
+        "176x144",
+        30,
+        &["-c:v", "libx264", "-bf", "2", "-x264-params", "keyint=10"],
+    );
     std::fs::read(f).unwrap()
 }
 

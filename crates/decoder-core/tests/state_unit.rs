@@ -25,8 +25,25 @@ fn streaming(s: &mut Sim, n: u32) -> CtxId {
 }
 
 fn decode(s: &mut Sim, c: CtxId, i: u32, ts: u64, flags: u32) -> Result<ReqId, i32> {
+    decode_with(s, c, i, ts, flags, &[])
+}
+
+/// [`decode`] with `ctrls` set in the request before it is queued.
+fn decode_with(
+    s: &mut Sim,
+    c: CtxId,
+    i: u32,
+    ts: u64,
+    flags: u32,
+    ctrls: &[(u32, &[u8])],
+) -> Result<ReqId, i32> {
     let now = s.now;
     let r = s.dev.request_alloc().map_err(|e| e.errno())?;
+    if !ctrls.is_empty() {
+        s.dev
+            .set_controls(c, Which::Request(r), ctrls, false)
+            .map_err(|e| e.errno())?;
+    }
     let args = QbufArgs {
         bytesused: [100, 0, 0, 0],
         timestamp: ts,
@@ -914,29 +931,8 @@ fn decode_vp8(s: &mut Sim, c: CtxId, i: u32, ts: u64, refs: Option<u64>, flags: 
         Some(t) => (f.last_frame_ts, f.golden_frame_ts, f.alt_frame_ts) = (t, t, t),
         None => f.flags |= 1, // V4L2_VP8_FRAME_FLAG_KEY_FRAME
     }
-    let now = s.now;
-    let r = s.dev.request_alloc().unwrap();
-    let bytes = zerocopy::IntoBytes::as_bytes(&f).to_vec();
-    s.dev
-        .set_controls(
-            c,
-            Which::Request(r),
-            &[(V4l2CtrlVp8Frame::ID, &bytes)],
-            false,
-        )
-        .unwrap();
-    let args = QbufArgs {
-        bytesused: [100, 0, 0, 0],
-        timestamp: ts,
-        flags,
-        request: Some(r),
-        memory_changed: false,
-    };
-    s.dev
-        .qbuf(c, Queue::Output, i, Memory::Mmap, args, now)
-        .unwrap();
-    s.dev.request_queue(r, now).unwrap();
-    s.pump();
+    let bytes = zerocopy::IntoBytes::as_bytes(&f);
+    decode_with(s, c, i, ts, flags, &[(V4l2CtrlVp8Frame::ID, bytes)]).unwrap();
 }
 
 fn pending(s: &mut Sim) -> Vec<proto::DecodeJob> {
