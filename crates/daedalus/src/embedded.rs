@@ -111,15 +111,22 @@ struct Core {
     cap_pool: Vec<u32>,
     /// CAPTURE buffers the device owns (queued, or in a job).
     cap_owned: usize,
-    /// The most it is handed at a time: one per job in flight. When a
-    /// job's result comes, the receiver thread queues the next buffer from
-    /// [`Core::cap_pool`] in the same pass, so the device dispatches the
-    /// next job at once. The pool hands out the buffer the decode loop
-    /// returned last: it is still warm in caches and page tables, and the
-    /// stack cycles through as few buffers as it can instead of through
-    /// all [`CAPTURE_BUFFERS`] (a standalone decode round-robin over 8 or
-    /// 12 buffers ran ~10 % slower than over 3 to 5).
+    /// The most it is handed at a time: one per job in flight. The pool
+    /// hands out the buffer the decode loop returned last: it is still
+    /// warm in caches and page tables, and the stack cycles through as few
+    /// buffers as it can instead of through all [`CAPTURE_BUFFERS`].
     cap_in_device: usize,
+    /// True with one job in flight: when a job's result comes, the
+    /// receiver thread queues the next buffer from [`Core::cap_pool`] in
+    /// the same pass, so the device dispatches the next job at once (the
+    /// worker is idle until then). With more, the worker still decodes the
+    /// job queued behind, and the next buffer is the one the decode loop
+    /// frees on seeing that result (the picture two before it, on VP9),
+    /// queued from the decode loop's thread: VP9 cycles through three
+    /// buffers instead of four, and the backend's calls took 3-4 % less
+    /// time in host A/B runs (a standalone decode into 2, 3 or 4 buffers
+    /// in turn: 0 %, +3 %, +6 %).
+    refill_on_result: bool,
 }
 
 /// What the decode loop and the receiver thread share.
@@ -164,8 +171,9 @@ impl Embedded {
     /// next job waits in the daemon's queue while one decodes, so the
     /// backend starts it as soon as it returns instead of after a round trip
     /// through the frontend (~50-100 µs a job here with one job at a time,
-    /// 15-30 µs with two; decode loop +1-3 % on H.264, HEVC and AV1,
-    /// unchanged on VP9, in host A/B runs). With 1 no result crosses CPUs
+    /// 15-30 µs with two; decode loop +1-3 % on H.264, HEVC and AV1 in
+    /// host A/B runs; on VP9 it needs the buffer cycle of
+    /// [`Core::refill_on_result`]). With 1 no result crosses CPUs
     /// ([`Placement`]): less latency per picture.
     pub fn new(
         coded_fourcc: u32,
@@ -254,6 +262,7 @@ impl Embedded {
             cap_pool: Vec::with_capacity(cap_bufs.len()),
             cap_owned: 0,
             cap_in_device: jobs_in_flight as usize,
+            refill_on_result: jobs_in_flight == 1,
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -442,8 +451,10 @@ impl Core {
         let now = self.now();
         self.dev.tick(now);
         self.drain_events(at);
-        if let Err(e) = self.refill_capture() {
-            tracing::warn!("{e}");
+        if self.refill_on_result {
+            if let Err(e) = self.refill_capture() {
+                tracing::warn!("{e}");
+            }
         }
         self.flush_tx();
     }
@@ -556,8 +567,9 @@ impl Frontend for Embedded {
     }
 
     /// Queues a CAPTURE buffer for decoding into (to the device at once
-    /// if it holds fewer than [`Core::cap_in_device`], else to the pool the
-    /// receiver thread refills it from).
+    /// if it holds fewer than [`Core::cap_in_device`], else to the pool
+    /// the device is refilled from: by the receiver thread as a result
+    /// comes with one job in flight, else here and at the next poll).
     fn queue_capture(&mut self, index: u32) -> Result<()> {
         let mut core = self.shared.lock();
         match core.dev.buffer(self.ctx, Queue::Capture, index) {
@@ -678,6 +690,12 @@ impl Frontend for Embedded {
         let end = Instant::now() + timeout;
         let mut core = self.shared.lock();
         let mut pics = Vec::new();
+        // Pooled buffers the device had no room for at their QBUF
+        // ([`Core::refill_on_result`]).
+        if let Err(e) = core.refill_capture() {
+            tracing::warn!("{e}");
+        }
+        core.flush_tx();
         loop {
             // The timers, in case the receiver thread is gone (detached).
             if core.dev.next_deadline().is_some_and(|d| d <= core.now()) {

@@ -257,6 +257,13 @@ struct Player {
     /// the job is done, even when later jobs no longer use them.
     in_flight: HashMap<u64, HashSet<u64>>,
     errors: u64,
+    /// For `--job-stats`, how many CAPTURE buffers the decoder cycles
+    /// through (each one more in caches): the pictures that came back so
+    /// far, and the last of them in each buffer of this frontend.
+    pictures: u64,
+    last_in: HashMap<u32, u64>,
+    /// Pictures between two uses of a buffer (2: two buffers in turn).
+    reuse: Vec<u64>,
 }
 
 impl Player {
@@ -271,6 +278,9 @@ impl Player {
             slots: HashSet::new(),
             in_flight: HashMap::new(),
             errors: 0,
+            pictures: 0,
+            last_in: HashMap::new(),
+            reuse: Vec::new(),
         }
     }
 
@@ -278,6 +288,10 @@ impl Player {
         if p.error {
             self.errors += 1;
             tracing::warn!("picture {} failed", p.timestamp);
+        }
+        self.pictures += 1;
+        if let Some(n) = self.last_in.insert(p.index, self.pictures) {
+            self.reuse.push(self.pictures - n);
         }
         if let Some((old, _)) = self.held.insert(p.timestamp, (p.index, p.error)) {
             if old != p.index {
@@ -346,10 +360,18 @@ impl Player {
     /// Drops every reference to the CAPTURE buffers of a frontend that is
     /// going away (after [`drain`]: nothing is pending or reordering).
     fn forget_buffers(&mut self) {
+        self.last_in.clear();
         self.held.clear();
         self.slots.clear();
         self.in_reorder.clear();
         self.infos.clear();
+    }
+
+    /// Median pictures between two uses of a CAPTURE buffer.
+    fn median_reuse(&self) -> Option<u64> {
+        let mut v = self.reuse.clone();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
     }
 
     /// Requeues held pictures nobody needs any more.
@@ -547,6 +569,10 @@ fn decode(
     if job_stats {
         job_timings.push(emb.take_job_timings());
         print_job_stats(job_timings, daedalus_daemon::stats::take_samples());
+        match player.median_reuse() {
+            Some(n) => eprintln!("CAPTURE buffer reuse: median every {n} pictures"),
+            None => eprintln!("CAPTURE buffer reuse: none"),
+        }
     }
     if errors > 0 {
         bail!("{errors} pictures failed to decode");

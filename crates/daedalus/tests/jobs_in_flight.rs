@@ -78,3 +78,72 @@ fn one_or_two_jobs_in_flight_decode_the_same_frames_as_ffmpeg() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With every picture referencing only the one before it, the stack
+/// cycles through three CAPTURE buffers with one or two jobs in flight:
+/// with two, the queued job's buffer is the one the decode loop freed on
+/// the last result, not one pooled before it (a fourth, colder in caches).
+#[test]
+fn a_chain_of_single_references_cycles_through_three_capture_buffers() {
+    let dir = std::env::temp_dir().join(format!("daedalus-cycle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let streams = [
+        common::encode(
+            &dir,
+            "p.h264",
+            "128x96",
+            40,
+            &[
+                "-c:v",
+                "libx264",
+                "-profile:v",
+                "baseline",
+                "-refs",
+                "1",
+                "-bf",
+                "0",
+                "-g",
+                "1000",
+            ],
+        ),
+        common::encode(
+            &dir,
+            "p.ivf",
+            "128x96",
+            40,
+            &[
+                "-c:v",
+                "libvpx",
+                "-auto-alt-ref",
+                "0",
+                "-lag-in-frames",
+                "0",
+                "-g",
+                "1000",
+            ],
+        ),
+    ];
+    for s in &streams {
+        for jobs in ["1", "2"] {
+            let got = Command::new(env!("CARGO_BIN_EXE_daedalus"))
+                .arg("decode")
+                .arg(s)
+                .args(["--jobs-in-flight", jobs, "--job-stats"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&got.stderr);
+            assert!(got.status.success(), "{}: {err}", s.display());
+            let reuse = err
+                .lines()
+                .find_map(|l| l.strip_prefix("CAPTURE buffer reuse: "))
+                .unwrap_or_else(|| panic!("{}: no reuse line in {err}", s.display()));
+            assert_eq!(
+                reuse,
+                "median every 3 pictures",
+                "{} with {jobs} job(s) in flight",
+                s.display()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
