@@ -116,17 +116,6 @@ struct Core {
     /// warm in caches and page tables, and the stack cycles through as few
     /// buffers as it can instead of through all [`CAPTURE_BUFFERS`].
     cap_in_device: usize,
-    /// True with one job in flight: when a job's result comes, the
-    /// receiver thread queues the next buffer from [`Core::cap_pool`] in
-    /// the same pass, so the device dispatches the next job at once (the
-    /// worker is idle until then). With more, the worker still decodes the
-    /// job queued behind, and the next buffer is the one the decode loop
-    /// frees on seeing that result (the picture two before it, on VP9),
-    /// queued from the decode loop's thread: VP9 cycles through three
-    /// buffers instead of four, and the backend's calls took 3-4 % less
-    /// time in host A/B runs (a standalone decode into 2, 3 or 4 buffers
-    /// in turn: 0 %, +3 %, +6 %).
-    refill_on_result: bool,
 }
 
 /// What the decode loop and the receiver thread share.
@@ -173,7 +162,7 @@ impl Embedded {
     /// through the frontend (~50-100 µs a job here with one job at a time,
     /// 15-30 µs with two; decode loop +1-3 % on H.264, HEVC and AV1 in
     /// host A/B runs; on VP9 it needs the buffer cycle of
-    /// [`Core::refill_on_result`]). With 1 no result crosses CPUs
+    /// [`Core::refill_if_idle`]). With 1 no result crosses CPUs
     /// ([`Placement`]): less latency per picture.
     pub fn new(
         coded_fourcc: u32,
@@ -262,7 +251,6 @@ impl Embedded {
             cap_pool: Vec::with_capacity(cap_bufs.len()),
             cap_owned: 0,
             cap_in_device: jobs_in_flight as usize,
-            refill_on_result: jobs_in_flight == 1,
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -451,12 +439,27 @@ impl Core {
         let now = self.now();
         self.dev.tick(now);
         self.drain_events(at);
-        if self.refill_on_result {
-            if let Err(e) = self.refill_capture() {
-                tracing::warn!("{e}");
-            }
+        if let Err(e) = self.refill_if_idle() {
+            tracing::warn!("{e}");
         }
         self.flush_tx();
+    }
+
+    /// The receiver thread's refill, as results come: only when the device
+    /// owns no CAPTURE buffer, i.e. no job of the context is left in the
+    /// daemon and the worker waits for the next (always, with one job in
+    /// flight). Otherwise the worker still decodes the job queued behind
+    /// the result, and the next job's buffer is the one the decode loop
+    /// frees on seeing that result (the picture two before it, on VP9),
+    /// queued from its thread ([`Embedded::queue_capture`], and at its
+    /// next poll): VP9 cycles through three buffers instead of four, and
+    /// the backend's calls took 3-4 % less time in host A/B runs (a
+    /// standalone decode into 2, 3 or 4 buffers in turn: 0 %, +3 %, +6 %).
+    fn refill_if_idle(&mut self) -> Result<()> {
+        if self.cap_owned == 0 {
+            self.refill_capture()?;
+        }
+        Ok(())
     }
 
     /// QBUF of pooled CAPTURE buffers while the device owns fewer than
@@ -568,8 +571,8 @@ impl Frontend for Embedded {
 
     /// Queues a CAPTURE buffer for decoding into (to the device at once
     /// if it holds fewer than [`Core::cap_in_device`], else to the pool
-    /// the device is refilled from: by the receiver thread as a result
-    /// comes with one job in flight, else here and at the next poll).
+    /// the device is refilled from: here, at the next poll, and by the
+    /// receiver thread when the device has no buffer left).
     fn queue_capture(&mut self, index: u32) -> Result<()> {
         let mut core = self.shared.lock();
         match core.dev.buffer(self.ctx, Queue::Capture, index) {
@@ -691,7 +694,7 @@ impl Frontend for Embedded {
         let mut core = self.shared.lock();
         let mut pics = Vec::new();
         // Pooled buffers the device had no room for at their QBUF
-        // ([`Core::refill_on_result`]).
+        // ([`Core::refill_if_idle`]).
         if let Err(e) = core.refill_capture() {
             tracing::warn!("{e}");
         }
