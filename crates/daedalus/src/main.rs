@@ -257,9 +257,11 @@ struct Player {
     /// the job is done, even when later jobs no longer use them.
     in_flight: HashMap<u64, HashSet<u64>>,
     errors: u64,
-    /// For `--job-stats`, how many CAPTURE buffers the decoder cycles
-    /// through (each one more in caches): the pictures that came back so
-    /// far, and the last of them in each buffer of this frontend.
+    /// For `--job-stats` (recorded only when set), how many CAPTURE
+    /// buffers the decoder cycles through (each one more in caches): the
+    /// pictures that came back so far, and the last of them in each buffer
+    /// of this frontend.
+    track_reuse: bool,
     pictures: u64,
     last_in: HashMap<u32, u64>,
     /// Pictures between two uses of a buffer (2: two buffers in turn).
@@ -278,6 +280,7 @@ impl Player {
             slots: HashSet::new(),
             in_flight: HashMap::new(),
             errors: 0,
+            track_reuse: false,
             pictures: 0,
             last_in: HashMap::new(),
             reuse: Vec::new(),
@@ -289,9 +292,11 @@ impl Player {
             self.errors += 1;
             tracing::warn!("picture {} failed", p.timestamp);
         }
-        self.pictures += 1;
-        if let Some(n) = self.last_in.insert(p.index, self.pictures) {
-            self.reuse.push(self.pictures - n);
+        if self.track_reuse {
+            self.pictures += 1;
+            if let Some(n) = self.last_in.insert(p.index, self.pictures) {
+                self.reuse.push(self.pictures - n);
+            }
         }
         if let Some((old, _)) = self.held.insert(p.timestamp, (p.index, p.error)) {
             if old != p.index {
@@ -477,6 +482,7 @@ fn decode(
         emb.queue_capture(i)?;
     }
     let mut player = Player::new(matches!(source, Source::Reorder(_)));
+    player.track_reuse = job_stats;
     let progress = std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_progress = Instant::now();

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The hash column of a framemd5 text.
@@ -16,10 +17,16 @@ fn hashes(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("daedalus-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn one_or_two_jobs_in_flight_decode_the_same_frames_as_ffmpeg() {
-    let dir = std::env::temp_dir().join(format!("daedalus-jif-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("jif");
     let streams = [
         common::encode(
             &dir,
@@ -85,8 +92,7 @@ fn one_or_two_jobs_in_flight_decode_the_same_frames_as_ffmpeg() {
 /// the last result, not one pooled before it (a fourth, colder in caches).
 #[test]
 fn a_chain_of_single_references_cycles_through_three_capture_buffers() {
-    let dir = std::env::temp_dir().join(format!("daedalus-cycle-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("cycle");
     let streams = [
         common::encode(
             &dir,
